@@ -1,0 +1,100 @@
+"""Tiny, randomly initialised HF causal LMs with their own offline tokenizer (tests only).
+
+`make_tiny("llama" | "qwen2", folder)` writes a folder that `from_pretrained` loads like a
+real checkpoint: config.json + safetensors weights + a byte-level BPE tokenizer trained here
+on a few hundred words of inline English, with a ChatML chat template. Nothing is downloaded.
+Seeded: the same call writes the same tokenizer and weights.
+
+The llama tokenizer has no pad token (as real Llama checkpoints), so `load_frozen` must fall
+back to eos; the qwen2 one has its own <pad>.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers: tests never reach the hub
+
+import torch  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,  # noqa: E402
+                          Qwen2Config, Qwen2ForCausalLM)
+
+SPECIALS = ["<pad>", "<eos>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+CHATML = ("{% for message in messages %}"
+          "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+          "{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+TEXT = """\
+Answer the question with a short span copied from the context. Context: Question: Answer:
+The Eiffel Tower was completed in 1889 and stands on the Champ de Mars in Paris. When was
+the Eiffel Tower completed? Paris is the capital and most populous city of France. It lies
+on the river Seine in the north of the country. The city is a major centre of finance,
+diplomacy, commerce, fashion, science and the arts. Lyon is the third largest city of France
+and lies at the confluence of the rivers Rhone and Saone. The Rhone is a river that rises in
+the Alps of Switzerland and flows through Lake Geneva before it reaches the south of France.
+Marseille is a port on the Mediterranean Sea. London is the capital of England and of the
+United Kingdom. It stands on the river Thames, which flows east into the North Sea. Rome is
+the capital of Italy; the Tiber runs through it. Berlin is the capital of Germany and its
+largest city. Who wrote the play Hamlet? William Shakespeare wrote Hamlet around the year 1600.
+What is the largest planet in the solar system? Jupiter is the largest planet, and Saturn is
+the second largest. Water boils at one hundred degrees Celsius at sea level and freezes at
+zero degrees. The Amazon is the largest river by discharge of water in the world. The Nile is
+often said to be the longest river on Earth. Mount Everest is the highest mountain above sea
+level; it is in the Himalayas on the border between Nepal and China. How many legs does a
+spider have? A spider has eight legs and an insect has six legs. The first man on the Moon
+was Neil Armstrong in July 1969, followed by Buzz Aldrin. The light bulb was improved by
+Thomas Edison, and the telephone was patented by Alexander Graham Bell in 1876. In which year
+did the Second World War end? It ended in 1945. The Great Wall of China is more than two
+thousand years old and was built to protect the northern border. The heart pumps blood
+through the body, and the lungs bring oxygen into the blood. Photosynthesis lets plants make
+sugar from light, water and carbon dioxide. The French Revolution began in 1789 with the
+storming of the Bastille. Isaac Newton described gravity and the laws of motion; Albert
+Einstein proposed the theory of relativity in the early twentieth century. The Pacific Ocean
+is the largest and deepest ocean. Tokyo is the capital of Japan, and Canberra is the capital
+of Australia. Which river flows through Paris? The Seine flows through Paris. A café in Paris
+sells crème brûlée, and a street in Köln is called Straße; naïve résumé, 東京, Привет.
+"""
+
+SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=64, max_position_embeddings=1024,
+             # larger than HF's 0.02 so greedy decoding has clear argmax margins (no near-ties
+             # that float noise between batch shapes could flip)
+             initializer_range=0.5)
+
+
+def make_tokenizer(pad: bool) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on TEXT: encodes any string, decodes back exactly."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TEXT.splitlines(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>",
+                                   pad_token="<pad>" if pad else None,
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.chat_template = CHATML
+    return fast
+
+
+def make_tiny(kind: str, folder: Path) -> Path:
+    """Save a tiny random `kind` ("llama" or "qwen2") model + tokenizer into `folder`."""
+    if kind not in ("llama", "qwen2"):
+        raise ValueError(f"kind must be 'llama' or 'qwen2', not {kind!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = make_tokenizer(pad=kind == "qwen2")
+    ids = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+               bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if kind == "llama":
+        config, cls = LlamaConfig(**SIZES, **ids), LlamaForCausalLM
+    else:
+        config, cls = Qwen2Config(**SIZES, **ids, tie_word_embeddings=True), Qwen2ForCausalLM
+    torch.manual_seed(0 if kind == "llama" else 1)
+    model = cls(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
