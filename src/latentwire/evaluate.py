@@ -1,0 +1,229 @@
+"""Evaluation: F1/EM per model x dataset, the latent beside three text baselines.
+
+Two DVC stages share this module: `text-baselines` (expensive, reruns only when the models,
+prompt, eval data or byte budget change) and `evaluate` (the latent at fp16/int8/int4, merged
+with the baselines into metrics/eval.json).
+
+Baselines, all with the same prompt template and greedy decoding:
+  text        the full context;
+  m_token     the context cut to M tokens of that model's tokenizer (M = stage3.M);
+  equal_byte  the context cut to B UTF-8 bytes, B = the latent's wire bytes per model.
+The question is always sent whole, so both cut baselines get a little more than their budget.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from collections import defaultdict
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import Params, load_params
+from .io import read_jsonl, write_json, write_jsonl
+from .latent import LatentWire, Receiver
+from .llm import FrozenLLM, load_frozen
+from .metrics import best_em, best_f1
+from .wire import cut_utf8, wire_bytes
+
+PRECISIONS = {"fp16": 16, "int8": 8, "int4": 4}
+
+
+def clean(text: str) -> str:
+    """The answer is the first non-empty line of the generation."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
+@torch.inference_mode()
+def generate_text(llm: FrozenLLM, prompts: list[str], max_new_tokens: int, batch_size: int,
+                  desc: str = "") -> list[str]:
+    """Batched greedy generation with left padding; longest prompts first to limit padding."""
+    tok = llm.tokenizer
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False,
+                      disable=None, unit="batch"):
+        idx = order[start:start + batch_size]
+        enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                  add_special_tokens=False).to(llm.device)
+        gen = llm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=llm.stop_ids(), pad_token_id=tok.pad_token_id)
+        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        for i, t in zip(idx, texts):
+            out[i] = clean(t)
+    return out
+
+
+def cut_tokens(llm: FrozenLLM, text: str, n: int) -> str:
+    ids = llm.tokenizer(text, add_special_tokens=False)["input_ids"][:n]
+    return llm.tokenizer.decode(ids)
+
+
+def text_variants(llm: FrozenLLM, row: dict, M: int, B: int) -> dict[str, str]:
+    """The prompt of each text baseline for one example."""
+    t, q, c = llm.template, row["question"], row["context"]
+    return {"text": t.render(c, q), "m_token": t.render(cut_tokens(llm, c, M), q),
+            "equal_byte": t.render(cut_utf8(c, B), q)}
+
+
+def score(preds: list[str], rows: list[dict]) -> dict[str, float]:
+    n = max(len(rows), 1)
+    return {"f1": sum(best_f1(p, r["answers"]) for p, r in zip(preds, rows)) / n,
+            "em": sum(best_em(p, r["answers"]) for p, r in zip(preds, rows)) / n}
+
+
+def by_dataset(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        out[r["dataset"]].append(r)
+    return dict(sorted(out.items()))
+
+
+def evaluate_model(llm: FrozenLLM, rows: list[dict], M: int, B: int, max_new_tokens: int,
+                   batch_size: int, predictions: list[dict]) -> dict:
+    """The three text baselines for one model, per dataset; appends per-example predictions."""
+    result = {}
+    for ds, ds_rows in by_dataset(rows).items():
+        variants = [text_variants(llm, r, M, B) for r in ds_rows]
+        bodies = [llm.template.body(r["context"], r["question"]) for r in ds_rows]
+        res = {"n": len(ds_rows),
+               "prompt_bytes": sum(len(b.encode("utf-8")) for b in bodies) / len(bodies),
+               "prompt_tokens": sum(len(llm.tokenizer(b, add_special_tokens=False)["input_ids"])
+                                    for b in bodies) / len(bodies)}
+        preds = {}
+        for name in ("text", "m_token", "equal_byte"):
+            preds[name] = generate_text(llm, [v[name] for v in variants], max_new_tokens,
+                                        batch_size, desc=f"{llm.slot}/{ds}/{name}")
+            res[name] = score(preds[name], ds_rows)
+        res["m_token"]["tokens"], res["equal_byte"]["bytes"] = M, B
+        result[ds] = res
+        for i, r in enumerate(ds_rows):
+            predictions.append({"model": llm.slot, "dataset": ds, "id": r["id"],
+                                "question": r["question"], "answers": r["answers"],
+                                **{f"pred_{k}": v[i] for k, v in preds.items()},
+                                **{f"f1_{k}": best_f1(v[i], r["answers"]) for k, v in preds.items()}})
+    return result
+
+
+def mean_pairwise_cosine(z: torch.Tensor) -> float:
+    """Mean cosine between different examples' flattened Z: near 1 means one code for all."""
+    if z.shape[0] < 2:
+        return float("nan")
+    f = torch.nn.functional.normalize(z.flatten(1).float(), dim=-1)
+    sim = f @ f.T
+    n = f.shape[0]
+    return ((sim.sum() - sim.diagonal().sum()) / (n * (n - 1))).item()
+
+
+@torch.inference_mode()
+def latent_model(llm: FrozenLLM, lw: LatentWire, rows: list[dict], base: dict, wire: dict,
+                 params: Params, predictions: list[dict]) -> dict:
+    """Latent F1/EM at each precision per dataset, byte accounting and collapse diagnostics."""
+    rec, bs, result = Receiver(llm), params.evaluate.batch_size, {}
+    pred_rows = {(p["dataset"], p["id"]): p for p in predictions if p["model"] == llm.slot}
+    for ds, ds_rows in by_dataset(rows).items():
+        texts = [llm.template.body(r["context"], r["question"]) for r in ds_rows]
+        zs, hints, cut = [], [], 0
+        for i in range(0, len(texts), bs):
+            z, hint_logits, n_cut = lw.encode(texts[i:i + bs])
+            zs.append(z)
+            hints.append(hint_logits.argmax(-1))
+            cut += sum(c > 0 for c in n_cut)
+        z, hint = torch.cat(zs), torch.cat(hints)
+        res = {}
+        for name, bits in PRECISIONS.items():
+            preds = []
+            for i in range(0, len(texts), bs):
+                soft = lw.soft_tokens(z[i:i + bs], hint[i:i + bs], llm.slot, bits)
+                preds += [clean(t) for t in rec.generate(soft, params.evaluate.max_new_tokens)]
+            res[f"latent_{name}"] = {**score(preds, ds_rows), "distinct_ratio": len(set(preds)) / len(preds)}
+            for r, p in zip(ds_rows, preds):
+                row = pred_rows.setdefault((ds, r["id"]), {"model": llm.slot, "dataset": ds, "id": r["id"],
+                                                           "question": r["question"], "answers": r["answers"]})
+                row[f"pred_latent_{name}"], row[f"f1_latent_{name}"] = p, best_f1(p, r["answers"])
+        text_bytes, text_tokens = base[ds]["prompt_bytes"], base[ds]["prompt_tokens"]
+        res["bytes"] = {name: {"per_model": wire[bits]["per_model"], "total": wire[bits]["total"],
+                               "text_over_wire": text_bytes / wire[bits]["per_model"],
+                               "text_over_wire_total": text_bytes / wire[bits]["total"]}
+                        for name, bits in PRECISIONS.items()}
+        res["tokens_over_M"] = text_tokens / lw.M
+        res["z_pairwise_cosine"] = mean_pairwise_cosine(z)
+        res["encoder_bytes_cut"] = cut
+        result[ds] = res
+    predictions[:] = [p for p in predictions if p["model"] != llm.slot] + list(pred_rows.values())
+    return result
+
+
+def load_rows(path: str, max_examples: int | None) -> list[dict]:
+    rows, seen = [], defaultdict(int)
+    for r in read_jsonl(path):
+        if max_examples is None or seen[r["dataset"]] < max_examples:
+            rows.append(r)
+            seen[r["dataset"]] += 1
+    return rows
+
+
+def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl",
+         metrics_path: str = "metrics/eval.json",
+         predictions_path: str = "data/eval/predictions.jsonl", part: str = "all",
+         baselines_path: str = "data/eval/text_baselines.json", checkpoint: str = "models/stage3/best") -> dict:
+    """part=text: the baselines only (-> baselines_path); part=latent: add the latent to them."""
+    params = load_params(params_path)
+    torch.manual_seed(params.seed)
+    rows = load_rows(eval_path, params.evaluate.max_examples)
+    M = params.stage3.M
+    wire = {bits: wire_bytes(M, params.wire, bits, n_models=len(params.models)) for bits in (16, 8, 4)}
+    B = wire[params.wire.bits]["per_model"]
+    if part in ("text", "all"):
+        metrics: dict = {"M": M, "reported_bits": params.wire.bits, "equal_byte_budget": B,
+                         "wire": {name: wire[bits] for name, bits in PRECISIONS.items()}, "wall_s": {}}
+        predictions: list[dict] = []
+    else:
+        saved = json.loads(Path(baselines_path).read_text(encoding="utf-8"))
+        metrics, predictions = saved["metrics"], saved["predictions"]
+    lw = None
+    for slot, cfg in params.models.items():
+        t0 = time.time()
+        llm = load_frozen(slot, cfg, params.prompt, params.cache_dir)
+        if part in ("text", "all"):
+            metrics[slot] = evaluate_model(llm, rows, M, B, params.evaluate.max_new_tokens,
+                                           params.evaluate.batch_size, predictions)
+            metrics[slot]["embedding"] = llm.embedding_stats()
+        if part in ("latent", "all"):
+            if lw is None:
+                meta = json.loads((Path(checkpoint) / "meta.json").read_text(encoding="utf-8"))
+                lw = LatentWire(params, M, hidden=meta["hidden"], target_norm={s: 1.0 for s in params.models})
+                lw.load(checkpoint)
+                lw.eval()
+            for ds, res in latent_model(llm, lw, rows, metrics[slot], wire, params, predictions).items():
+                metrics[slot][ds].update(res)
+        metrics["wall_s"][f"{part}/{slot}"] = round(time.time() - t0, 1)
+        print(f"evaluate ({part}): {slot} done in {time.time() - t0:.0f}s")
+        del llm
+    if part == "text":
+        write_json(baselines_path, {"metrics": metrics, "predictions": predictions})
+    else:
+        write_jsonl(predictions_path, predictions)
+        write_json(metrics_path, metrics)
+    return metrics
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--part", choices=("text", "latent", "all"), default="all",
+                   help="text: baselines only (to --baselines); latent: add the latent to saved "
+                        "baselines; all: both in one run (default)")
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--eval", default="data/mix/eval.jsonl", help="eval mix written by prepare-mix")
+    p.add_argument("--checkpoint", default="models/stage3/best", help="latent checkpoint folder")
+    p.add_argument("--baselines", default="data/eval/text_baselines.json",
+                   help="text baselines + their predictions (written by --part text)")
+    p.add_argument("--metrics", default="metrics/eval.json", help="metrics output (JSON)")
+    p.add_argument("--predictions", default="data/eval/predictions.jsonl",
+                   help="per-example predictions of every baseline and precision (JSONL)")
+
+
+def run(args: argparse.Namespace) -> None:
+    main(args.params, args.eval, args.metrics, args.predictions, args.part, args.baselines, args.checkpoint)

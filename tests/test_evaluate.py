@@ -1,0 +1,217 @@
+"""The evaluate stage on tiny random models: baselines' prompts, batched greedy decoding, scoring."""
+import json
+
+import pytest
+import torch
+
+import tiny  # noqa: F401  (sets HF_HUB_OFFLINE before transformers is imported)
+from latentwire import evaluate
+from latentwire.config import ModelConfig, PromptConfig
+from latentwire.evaluate import (clean, cut_tokens, evaluate_model, generate_text, score,
+                                 text_variants)
+from latentwire.llm import load_frozen
+
+PROMPT = PromptConfig(instruction="Answer the question with a short span copied from the context.",
+                      example_context="The Eiffel Tower was completed in 1889.",
+                      example_question="When was the Eiffel Tower completed?", example_answer="1889")
+LONG = ("Paris is the capital and most populous city of France. It lies on the river Seine "
+        "in the north of the country, and the Eiffel Tower stands on the Champ de Mars.")
+UNICODE = "Le café crème coûte cher à Köln; 東京 est loin, Привет! " * 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster, and far faster on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def llms(tiny_models):
+    return {k: load_frozen(k, ModelConfig(source="local", path=str(p)), PROMPT)
+            for k, p in tiny_models.items()}
+
+
+def ntok(llm, text):
+    return len(llm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def context_of(llm, prompt):
+    """The context inside a rendered prompt's body (the template's prefix/suffix stripped)."""
+    t = llm.template
+    assert prompt.startswith(t.prefix) and prompt.endswith(t.suffix)
+    body = prompt[len(t.prefix):len(prompt) - len(t.suffix)]
+    assert body.startswith("Context: ")
+    return body[len("Context: "):body.rindex("\nQuestion: ")]
+
+
+@pytest.mark.parametrize("raw, answer", [
+    ("Paris", "Paris"), ("  Paris \n", "Paris"), ("\n\n  the Seine\nQuestion: more", "the Seine"),
+    ("a\r\nb", "a"), ("", ""), (" \n \t\n", ""),
+])
+def test_clean(raw, answer):
+    assert clean(raw) == answer
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen"])
+def test_cut_tokens(llms, kind):
+    llm = llms[kind]
+    total = ntok(llm, LONG)
+    assert total > 12
+    cuts = [cut_tokens(llm, LONG, n) for n in range(total + 2)]
+    assert cuts[0] == "" and cuts[total] == cuts[total + 1] == LONG
+    for n, cut in enumerate(cuts):
+        assert LONG.startswith(cut) and ntok(llm, cut) <= n
+    assert all(len(a) < len(b) for a, b in zip(cuts[:total], cuts[1:total + 1]))  # one token each
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen"])
+def test_text_variants(llms, kind):
+    llm, M, B = llms[kind], 8, 40
+    row = {"question": "Where is Köln?", "context": UNICODE}
+    v = text_variants(llm, row, M, B)
+    assert set(v) == {"text", "m_token", "equal_byte"}
+    assert v["text"] == llm.template.render(UNICODE, row["question"])
+    for name in ("m_token", "equal_byte"):
+        assert len(v[name]) < len(v["text"])
+        assert v[name].endswith(f"\nQuestion: {row['question']}" + llm.template.suffix)  # whole question
+    eb = context_of(llm, v["equal_byte"])
+    assert UNICODE.startswith(eb) and B - 4 < len(eb.encode("utf-8")) <= B
+    mt = context_of(llm, v["m_token"])
+    assert UNICODE.startswith(mt) and 0 < ntok(llm, mt) <= M
+    # a budget larger than the context keeps all of it
+    assert text_variants(llm, row, 10_000, 10_000) == {k: v["text"] for k in v}
+
+
+def reference(llm, prompts, max_new_tokens):
+    """Each prompt alone (no padding at all), straight through HF generate."""
+    out = []
+    for p in prompts:
+        enc = llm.tokenizer(p, return_tensors="pt", add_special_tokens=False)
+        gen = llm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=llm.stop_ids(), pad_token_id=llm.tokenizer.pad_token_id)
+        out.append(clean(llm.tokenizer.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen"])
+def test_generate_text_order_and_batching(llms, kind):
+    llm = llms[kind]
+    # short, long, medium: not in generate_text's internal (longest-first) order
+    prompts = [llm.template.render(c, q) for c, q in [
+        ("Rome.", "What?"), (LONG, "Which river flows through Paris?"),
+        ("Berlin is the capital of Germany.", "Which city?"), ("Tokyo is in Japan.", "Where is Tokyo?")]]
+    want = reference(llm, prompts, 6)
+    assert len(set(want)) >= 3, want  # distinct answers, so a mix-up of the order would show
+    for bs in (1, 3, 4):
+        assert generate_text(llm, prompts, 6, bs) == want
+    assert generate_text(llm, prompts[::-1], 6, 3) == want[::-1]
+    assert generate_text(llm, [], 6, 3) == []
+
+
+ROWS = [
+    {"id": "s1", "dataset": "squad", "question": "Which river flows through Paris?",
+     "context": "The Seine flows through Paris. " + LONG, "answers": ["the Seine", "Seine"]},
+    {"id": "n1", "dataset": "nq", "question": "Who wrote Hamlet?",
+     "context": "Hamlet is a tragedy written around the year 1600 by William Shakespeare.",
+     "answers": ["William Shakespeare"]},
+    {"id": "s2", "dataset": "squad", "question": "Where does the Eiffel Tower stand?",
+     "context": LONG, "answers": ["Champ de Mars", "on the Champ de Mars"]},
+]
+
+
+def test_evaluate_model_tiny(llms):
+    llm, M, B = llms["llama"], 8, 60
+    predictions = [{"earlier": True}]
+    res = evaluate_model(llm, ROWS, M, B, max_new_tokens=4, batch_size=2, predictions=predictions)
+    assert sorted(res) == ["nq", "squad"]
+    for ds, rows in (("squad", [ROWS[0], ROWS[2]]), ("nq", [ROWS[1]])):
+        r = res[ds]
+        bodies = [f"Context: {x['context']}\nQuestion: {x['question']}" for x in rows]
+        assert r["n"] == len(rows)
+        assert r["prompt_bytes"] == pytest.approx(sum(len(b.encode()) for b in bodies) / len(rows))
+        assert r["prompt_tokens"] == pytest.approx(sum(ntok(llm, b) for b in bodies) / len(rows))
+        assert r["prompt_tokens"] < r["prompt_bytes"]  # BPE merges: fewer tokens than bytes
+        for name in ("text", "m_token", "equal_byte"):
+            assert 0.0 <= r[name]["em"] <= r[name]["f1"] <= 1.0
+        assert r["m_token"]["tokens"] == M and r["equal_byte"]["bytes"] == B
+    assert predictions[0] == {"earlier": True} and len(predictions) == 1 + len(ROWS)
+    assert [(p["dataset"], p["id"]) for p in predictions[1:]] == [("nq", "n1"), ("squad", "s1"), ("squad", "s2")]
+    for p in predictions[1:]:
+        row = next(r for r in ROWS if r["id"] == p["id"])
+        assert p["model"] == "llama" and p["question"] == row["question"] and p["answers"] == row["answers"]
+        for name in ("text", "m_token", "equal_byte"):
+            assert isinstance(p[f"pred_{name}"], str) and 0.0 <= p[f"f1_{name}"] <= 1.0
+
+
+def test_evaluate_model_scores_each_baseline(llms, monkeypatch):
+    """An oracle reader that answers only when the gold answer is in the context it was sent:
+    the answer late in a long context survives the text baseline, not the two cut ones."""
+    llm, M, B = llms["qwen"], 6, 30
+    golds = {r["question"]: r["answers"] for r in ROWS}
+    calls = []
+
+    def oracle(llm_, prompts, max_new_tokens, batch_size, desc=""):
+        calls.append((desc, max_new_tokens, batch_size, len(prompts)))
+        out = []
+        for p in prompts:
+            question = p[p.rindex("\nQuestion: ") + len("\nQuestion: "):len(p) - len(llm.template.suffix)]
+            seen = [a for a in golds[question] if a in context_of(llm, p)]
+            out.append(seen[0] if seen else "no idea")
+        return out
+
+    monkeypatch.setattr(evaluate, "generate_text", oracle)
+    predictions = []
+    res = evaluate_model(llm, ROWS, M, B, max_new_tokens=5, batch_size=7, predictions=predictions)
+    assert sorted(calls) == sorted((f"qwen/{ds}/{name}", 5, 7, n) for ds, n in (("squad", 2), ("nq", 1))
+                                   for name in ("text", "m_token", "equal_byte"))
+    # squad: s1's answer opens its context (kept by every cut); s2's is past 6 tokens / 30 bytes
+    assert res["squad"]["text"] == {"f1": 1.0, "em": 1.0}
+    assert res["squad"]["m_token"] == {"f1": 0.5, "em": 0.5, "tokens": M}
+    assert res["squad"]["equal_byte"] == {"f1": 0.5, "em": 0.5, "bytes": B}
+    assert res["nq"]["text"] == {"f1": 1.0, "em": 1.0}
+    assert res["nq"]["equal_byte"] == {"f1": 0.0, "em": 0.0, "bytes": B}
+    assert res["nq"]["m_token"] == {"f1": 0.0, "em": 0.0, "tokens": M}
+    s2 = next(p for p in predictions if p["id"] == "s2")
+    assert (s2["pred_text"], s2["f1_text"], s2["pred_equal_byte"], s2["f1_equal_byte"]) == \
+        ("Champ de Mars", 1.0, "no idea", 0.0)
+
+
+def test_score():
+    rows = [{"answers": ["Paris"]}, {"answers": ["a big dog", "dog"]}, {"answers": ["red car"]},
+            {"answers": ["Seine"]}]
+    preds = ["the paris.", "Dog", "the red bus", "Loire"]
+    s = score(preds, rows)
+    assert s["em"] == pytest.approx(2 / 4)
+    assert s["f1"] == pytest.approx((1 + 1 + 0.5 + 0) / 4)  # "red bus" vs "red car": P = R = 1/2
+    assert score([], []) == {"f1": 0.0, "em": 0.0}
+
+
+def test_main_text_baselines(tiny_models, tmp_path):
+    """The text-baselines stage on two tiny models: params file in, metrics + predictions out."""
+    params = tmp_path / "params.yaml"
+    params.write_text(f"""
+models:
+  llama: {{source: local, path: "{tiny_models['llama']}"}}
+  qwen: {{source: hub, hub_id: "{tiny_models['qwen']}"}}
+prompt: {{example_context: "The Eiffel Tower was completed in 1889.",
+          example_question: "When?", example_answer: "1889"}}
+stage3: {{M: 32}}
+evaluate: {{max_new_tokens: 3, batch_size: 2, max_examples: 1}}
+""", encoding="utf-8")
+    eval_path = tmp_path / "eval.jsonl"
+    eval_path.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    baselines = tmp_path / "b" / "text_baselines.json"
+    metrics = evaluate.main(str(params), str(eval_path), str(tmp_path / "m.json"), str(tmp_path / "p.jsonl"),
+                            part="text", baselines_path=str(baselines))
+    saved = json.loads(baselines.read_text(encoding="utf-8"))
+    assert saved["metrics"] == metrics
+    assert metrics["M"] == 32 and metrics["equal_byte_budget"] == 289  # int4, 2 models (test_wire)
+    for slot in ("llama", "qwen"):
+        assert metrics[slot]["squad"]["n"] == metrics[slot]["nq"]["n"] == 1  # max_examples
+        assert metrics[slot]["squad"]["equal_byte"]["bytes"] == 289
+        assert metrics[slot]["embedding"]["mean_norm"] > 0
+    assert sorted((p["model"], p["id"]) for p in saved["predictions"]) == [
+        ("llama", "n1"), ("llama", "s1"), ("qwen", "n1"), ("qwen", "s1")]
