@@ -8,6 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""
@@ -19,6 +23,7 @@ def atomic_path(path: str | Path):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,212 @@
+"""`teacher-kd-cache` stage: the teachers' next-token distributions over the gold answers.
+
+For every training example the teacher reads the full text prompt, `template.render(context,
+question)`, followed by the gold answer (answers[0] + eos, cut to kd.K_max tokens), teacher-forced.
+For each answer position j < K_max we keep the top kd.k log-probs (tau 1) of the teacher's
+distribution predicting answer token j, and their token ids. Training distils the latent-fed
+student towards these without ever running the teacher again.
+
+Teachers: params.teachers[slot], or the slot's own model (the same frozen LLM reading the text).
+All teachers get the same token ids, tokenized by the student slot's tokenizer with the student's
+template, so their tokenizers must match (the scale issue enforces it; we check the vocabularies).
+With several teachers we average their *probabilities* over the full vocabulary and only then take
+the top-k: averaging probabilities keeps a proper mixture distribution, whereas averaging log-probs
+(a geometric mean) does not sum to one, and averaging top-k lists would drop tokens that only some
+teachers rank highly. All teachers of a slot are held in memory at once.
+
+Output per slot: data/kd/<slot>.safetensors with
+  top_idx     int32   [N, K_max, k]   token ids, best first
+  top_logp    float32 [N, K_max, k]   their log-probs (rows past the answer are zeros)
+  answer_ids  int64   [N, K_max]      the gold answer tokens, padded with the pad id
+  answer_mask bool    [N, K_max]      True on real answer tokens
+and header metadata {key, ids, n, k, K_max}; `key` (see cache_key) lets a rerun reuse the file
+and lets training refuse a stale cache. data/kd/<slot>.json repeats the metadata plus wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from .config import ModelConfig, Params, load_params
+from .io import atomic_path, read_jsonl, write_json
+from .llm import PromptTemplate, build_template, load_frozen, model_folder
+
+TENSORS = ("top_idx", "top_logp", "answer_ids", "answer_mask")
+
+
+def teachers_of(params: Params, slot: str) -> list[ModelConfig]:
+    return params.teachers.get(slot) or [params.models[slot]]
+
+
+def identity(cfg: ModelConfig) -> dict:
+    """What makes a model's log-probs what they are (not where it is cached)."""
+    return {"source": cfg.source, "hub_id": cfg.hub_id, "path": cfg.path,
+            "gguf_sha256": cfg.gguf_sha256, "dtype": cfg.dtype}
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(params: Params, slot: str, template: PromptTemplate, train_path: str | Path) -> str:
+    """sha256 of everything the cache depends on: teachers, student slot, template, k, K_max
+    and the train file's bytes. Training recomputes it and passes it to load_cache."""
+    parts = {"teachers": [identity(t) for t in teachers_of(params, slot)],
+             "slot": slot, "student": identity(params.models[slot]),
+             "prefix": template.prefix, "suffix": template.suffix,
+             "k": params.kd.k, "K_max": params.kd.K_max, "train_sha256": file_sha256(train_path)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def load_cache(path: str | Path, expected_key: str | None = None) -> dict:
+    """The cache's tensors plus 'ids' and 'key'. ValueError naming the file if it is truncated,
+    corrupted, incomplete or (with expected_key) built for other teachers/data/settings."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            out = {name: f.get_tensor(name) for name in TENSORS}
+        ids = json.loads(meta["ids"])
+        n, k, K_max = int(meta["n"]), int(meta["k"]), int(meta["K_max"])
+    except Exception as e:  # SafetensorError, OSError, a missing tensor or metadata field
+        raise ValueError(f"{path}: unreadable KD cache ({type(e).__name__}: {e}); delete it and "
+                         f"rerun teacher-kd-cache") from None
+    shapes = {"top_idx": (n, K_max, k), "top_logp": (n, K_max, k),
+              "answer_ids": (n, K_max), "answer_mask": (n, K_max)}
+    bad = [name for name, shape in shapes.items() if tuple(out[name].shape) != shape]
+    if bad or len(ids) != n:
+        raise ValueError(f"{path}: KD cache is inconsistent with its header (n={n}, k={k}, "
+                         f"K_max={K_max}): {bad or 'ids'}")
+    if expected_key is not None and meta.get("key") != expected_key:
+        raise ValueError(f"{path}: KD cache is stale: key {meta.get('key')} != expected "
+                         f"{expected_key} (teachers, template, kd.k, kd.K_max or the train file "
+                         f"changed); rerun teacher-kd-cache")
+    return {**out, "ids": ids, "key": meta["key"]}
+
+
+def answer_tokens(tokenizer, answer: str, K_max: int) -> list[int]:
+    """The gold answer's tokens, then eos (the answer ends there), cut to K_max."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    return (ids + [tokenizer.eos_token_id])[:K_max]
+
+
+@torch.inference_mode()
+def teacher_logp(teachers, prompts: list[list[int]], answers: list[list[int]], K_max: int,
+                 pad_id: int) -> torch.Tensor:
+    """[B, K_max, V] log-probs of the teacher mixture predicting answer token j at [:, j].
+
+    Layout: prompts left-padded so they all end at column P, then answer[:K_max-1] right-padded.
+    Row j's prediction sits at column P-1+j, so the last K_max columns are exactly the ones we
+    need (logits_to_keep). position_ids come from the mask, so padding does not shift positions.
+    """
+    B, P = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, P + K_max - 1), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        seq = p + a[:K_max - 1]
+        ids[i, P - len(p):P - len(p) + len(seq)] = torch.tensor(seq)
+        mask[i, P - len(p):P - len(p) + len(seq)] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logps = []
+    for t in teachers:
+        dev = t.device
+        logits = t.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                         position_ids=pos.to(dev), logits_to_keep=K_max).logits
+        logps.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+    V = min(lp.shape[-1] for lp in logps)  # bigger family members may pad the vocab further
+    # log of the mean probability; exactly the teacher's log-probs when there is one teacher
+    mixture = torch.logsumexp(torch.stack([lp[..., :V] for lp in logps]), dim=0)
+    return mixture - math.log(len(logps))
+
+
+def build_slot(params: Params, slot: str, tokenizer, template: PromptTemplate, rows: list[dict],
+               key: str, out_path: Path) -> dict:
+    """Run the slot's teachers over every example and write the cache atomically."""
+    t0 = time.time()
+    k, K_max, bs = params.kd.k, params.kd.K_max, params.kd.batch_size
+    teachers = [load_frozen(f"{slot}.teacher{i}", cfg, params.prompt, params.cache_dir)
+                for i, cfg in enumerate(teachers_of(params, slot))]
+    for t in teachers:
+        if t.tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"teachers.{slot}: teacher {t.name} has a different tokenizer from "
+                             f"models.{slot}; KD needs the same vocabulary")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompts = [tokenizer(template.render(r["context"], r["question"]),
+                         add_special_tokens=False)["input_ids"] for r in rows]
+    answers = [answer_tokens(tokenizer, r["answers"][0], K_max) for r in rows]
+    N = len(rows)
+    top_idx = torch.zeros(N, K_max, k, dtype=torch.int32)
+    top_logp = torch.zeros(N, K_max, k, dtype=torch.float32)
+    answer_ids = torch.full((N, K_max), pad_id, dtype=torch.int64)
+    answer_mask = torch.zeros(N, K_max, dtype=torch.bool)
+    for i, a in enumerate(answers):
+        answer_ids[i, :len(a)], answer_mask[i, :len(a)] = torch.tensor(a), True
+    order = sorted(range(N), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+    for start in tqdm(range(0, N, bs), desc=f"kd/{slot}", leave=False, disable=None, unit="batch"):
+        idx = order[start:start + bs]
+        logp = teacher_logp(teachers, [prompts[i] for i in idx], [answers[i] for i in idx],
+                            K_max, pad_id)
+        values, indices = logp.topk(k, dim=-1)
+        keep = answer_mask[idx].unsqueeze(-1)
+        top_logp[idx] = values.where(keep, 0.0)
+        top_idx[idx] = indices.to(torch.int32).where(keep, 0)
+    meta = {"key": key, "ids": json.dumps([r["id"] for r in rows]), "n": str(N), "k": str(k),
+            "K_max": str(K_max)}
+    tensors = {"top_idx": top_idx, "top_logp": top_logp, "answer_ids": answer_ids,
+               "answer_mask": answer_mask}
+    with atomic_path(out_path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    info = {**meta, "ids": json.loads(meta["ids"]), "teachers": [t.name for t in teachers],
+            "wall_s": round(time.time() - t0, 1)}
+    write_json(out_path.with_suffix(".json"), info)
+    return info
+
+
+def main(params_path: str = "params.yaml", train_path: str = "data/mix/train.jsonl",
+         out_dir: str = "data/kd") -> dict:
+    params = load_params(params_path)
+    torch.manual_seed(params.seed)
+    rows = read_jsonl(train_path)
+    result = {}
+    for slot, cfg in params.models.items():
+        # the student's tokenizer and template: cheap to load, and all the key needs
+        tokenizer = AutoTokenizer.from_pretrained(model_folder(cfg, params.cache_dir))
+        template = build_template(tokenizer, params.prompt)
+        key = cache_key(params, slot, template, train_path)
+        out_path = Path(out_dir) / f"{slot}.safetensors"
+        try:
+            load_cache(out_path, key)
+            print(f"teacher-kd-cache: {slot}: reused {out_path} (key {key[:12]})")
+            result[slot] = {"path": str(out_path), "key": key, "reused": True}
+            continue
+        except ValueError:
+            pass  # missing, stale or broken: build it
+        info = build_slot(params, slot, tokenizer, template, rows, key, out_path)
+        print(f"teacher-kd-cache: {slot}: wrote {out_path} ({info['n']} examples, "
+              f"{info['wall_s']:.0f}s)")
+        result[slot] = {"path": str(out_path), "key": key, "reused": False, "wall_s": info["wall_s"]}
+    return result
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--train", default="data/mix/train.jsonl", help="train mix written by prepare-mix")
+    p.add_argument("--out", default="data/kd", help="output folder: <slot>.safetensors + <slot>.json")
+
+
+def run(args: argparse.Namespace) -> None:
+    main(args.params, args.train, args.out)

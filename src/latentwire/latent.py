@@ -1,0 +1,147 @@
+"""The interlingua end to end: bytes -> Z (on the wire) -> per-model soft tokens -> frozen LLM.
+
+`LatentWire` bundles the shared encoder and one adapter per model slot. A checkpoint is a
+folder with `model.safetensors` and `meta.json`; loading one at a different M resizes the
+pooler's queries and the adapters' positional tables instead of failing.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .adapter import Adapter
+from .config import Params
+from .encoder import LatentEncoder, encode_bytes
+from .io import atomic_path, write_json
+from .llm import FrozenLLM
+from .wire import quantize
+
+ARCH_FIELDS = ("d_z", "layers", "heads", "max_bytes", "hint_buckets", "d_wire", "shared_fraction",
+               "slots", "hidden")
+
+
+class LatentWire(nn.Module):
+    def __init__(self, params: Params, M: int, llms: dict[str, FrozenLLM] | None = None,
+                 hidden: dict[str, int] | None = None, target_norm: dict[str, float] | None = None):
+        super().__init__()
+        e, w = params.encoder, params.wire
+        slots = list(params.models)
+        hidden = hidden or {s: llms[s].model.config.hidden_size for s in slots}
+        target_norm = target_norm or {s: llms[s].embedding_stats()["mean_norm"] for s in slots}
+        self.arch = {"d_z": e.d_z, "layers": e.layers, "heads": e.heads, "max_bytes": e.max_bytes,
+                     "hint_buckets": e.hint_buckets, "d_wire": w.d_wire,
+                     "shared_fraction": w.shared_fraction, "slots": slots, "hidden": hidden}
+        self.group_size = w.group_size
+        self.encoder = LatentEncoder(e, w.d_wire, M, w.shared_fraction, slots)
+        self.adapters = nn.ModuleDict({s: Adapter(w.d_wire, hidden[s], M, e.hint_buckets, target_norm[s])
+                                       for s in slots})
+
+    @property
+    def M(self) -> int:
+        return self.encoder.M
+
+    def resize(self, M: int) -> None:
+        self.encoder.resize(M)
+        for a in self.adapters.values():
+            a.resize(M)
+
+    def encode(self, texts: list[str]):
+        """Z [B, S+n*P, d_wire], hint logits, and bytes cut per text."""
+        ids, mask, n_cut = encode_bytes(texts, self.arch["max_bytes"])
+        dev = next(self.parameters()).device
+        z, hint_logits = self.encoder(ids.to(dev), mask.to(dev))
+        return z, hint_logits, n_cut
+
+    def soft_tokens(self, z, hint, slot: str, bits: int | None = None, qat: bool = False):
+        """The soft tokens model `slot` reads; `bits` quantises the shared and private blocks
+        separately, as wire.wire_bytes counts them."""
+        view = self.encoder.slot_view(z, slot)
+        if bits is not None:
+            S = self.encoder.S
+            view = torch.cat([quantize(view[:, :S], bits, self.group_size, qat),
+                              quantize(view[:, S:], bits, self.group_size, qat)], dim=1)
+        return self.adapters[slot](view, hint)
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self, folder: str | Path, extra: dict | None = None) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_path(folder / "model.safetensors") as tmp:
+            save_file(state, str(tmp))
+        write_json(folder / "meta.json", {**self.arch, "M": self.M, **(extra or {})})
+
+    def load(self, folder: str | Path) -> dict:
+        """Load weights saved at any M (resized to ours); refuse a different architecture."""
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+            state = load_file(str(folder / "model.safetensors"))
+        except (OSError, ValueError, json.JSONDecodeError) as e:  # safetensors raises on truncation
+            raise ValueError(f"{folder}: unreadable or corrupted checkpoint: {e}") from None
+        bad = [f"{f}: checkpoint {meta.get(f)!r} != params {self.arch[f]!r}"
+               for f in ARCH_FIELDS if meta.get(f) != self.arch[f]]
+        if bad:
+            raise ValueError(f"{folder}: checkpoint does not match params: " + "; ".join(bad))
+        M = self.M
+        if meta["M"] != M:
+            self.resize(meta["M"])
+        self.load_state_dict(state)
+        if meta["M"] != M:
+            self.resize(M)
+        return meta
+
+
+# ---------------------------------------------------------------- the frozen receiver
+class Receiver:
+    """Feeds [template prefix, soft tokens, template suffix, answer tokens] to a frozen LLM.
+
+    The prefix (chat scaffolding, instruction, one-shot example) is the same for every
+    example, so its key/value cache is computed once and copied per batch: each step then
+    runs the model only over the M soft tokens, the suffix and the answer.
+    """
+
+    def __init__(self, llm: FrozenLLM):
+        self.llm = llm
+        tok, model = llm.tokenizer, llm.model
+        ids = lambda text: torch.tensor(tok(text, add_special_tokens=False)["input_ids"],  # noqa: E731
+                                        device=llm.device)
+        self.prefix_ids, self.suffix_ids = ids(llm.template.prefix), ids(llm.template.suffix)
+        with torch.no_grad():
+            self.prefix_cache = model(input_ids=self.prefix_ids[None], use_cache=True).cache
+
+    def cache(self, batch: int):
+        c = copy.deepcopy(self.prefix_cache)
+        c.batch_repeat_interleave(batch)
+        return c
+
+    def embed(self, ids):
+        return self.llm.model.get_input_embeddings()(ids)
+
+    def answer_logits(self, soft, answer_ids):
+        """Logits predicting each answer token j (teacher-forced), [B, K, V]."""
+        B = soft.shape[0]
+        x = torch.cat([soft, self.embed(self.suffix_ids).expand(B, -1, -1), self.embed(answer_ids[:, :-1])], 1)
+        mask = torch.ones(B, len(self.prefix_ids) + x.shape[1], dtype=torch.long, device=x.device)
+        # the last K positions are exactly those predicting answer tokens 0..K-1
+        out = self.llm.model(inputs_embeds=x, attention_mask=mask, cache=self.cache(B), use_cache=True,
+                             logits_to_keep=answer_ids.shape[1])
+        return out.logits.float()
+
+    @torch.inference_mode()
+    def generate(self, soft, max_new_tokens: int) -> list[str]:
+        """Greedy answers from the latent prompt (every prompt has the same length: no padding)."""
+        B = soft.shape[0]
+        x = torch.cat([self.embed(self.prefix_ids).expand(B, -1, -1), soft,
+                       self.embed(self.suffix_ids).expand(B, -1, -1)], 1)
+        mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+        tok = self.llm.tokenizer
+        gen = self.llm.model.generate(inputs_embeds=x, attention_mask=mask, cache=self.cache(B),
+                                      max_new_tokens=max_new_tokens, do_sample=False,
+                                      eos_token_id=self.llm.stop_ids(), pad_token_id=tok.pad_token_id)
+        return tok.batch_decode(gen, skip_special_tokens=True)

@@ -1,0 +1,257 @@
+"""One curriculum stage: train the shared encoder + adapters against cached teachers.
+
+    python -m latentwire train stage2
+
+stage1 starts from scratch; stageN starts from models/stage{N-1}/best (resized to this
+stage's M). Every optimiser step trains the one encoder on every model slot (losses summed
+with train.model_weights). The stage writes models/<stage>/{best,last}/ (safetensors +
+meta.json) and metrics/train/<stage>.json + a per-step curve CSV for `dvc plots`.
+A killed stage resumes from models/<stage>/last when rerun with the same params.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from .config import Params, load_params
+from .encoder import hint_bucket
+from .io import atomic_path, read_jsonl, write_json, write_text
+from .kd import cache_key, load_cache
+from .latent import LatentWire, Receiver
+from .llm import load_frozen
+from .losses import ce_loss, first_token_correct, hard_negative_weights, kd_loss, teacher_entropy
+
+PREVIOUS = {"stage1": None, "stage2": "stage1", "stage3": "stage2"}
+
+
+def split_dev(rows: list[dict], n_dev: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """A fixed dev slice of the train mix for adaptive K and best-checkpoint selection."""
+    order = sorted(rows, key=lambda r: r["id"])
+    random.Random(seed).shuffle(order)
+    return order[n_dev:], order[:n_dev]
+
+
+def balanced_batches(rows: list[dict], batch_size: int, seed: int) -> list[list[dict]]:
+    """One epoch: each dataset shuffled (seeded), then interleaved so every batch mixes them."""
+    rng = random.Random(seed)
+    pools = {}
+    for r in sorted(rows, key=lambda r: r["id"]):
+        pools.setdefault(r["dataset"], []).append(r)
+    for p in pools.values():
+        rng.shuffle(p)
+    order, queues = [], [list(p) for _, p in sorted(pools.items())]
+    while any(queues):  # round-robin weighted by what is left, so the mix stays even
+        for q in sorted(queues, key=len, reverse=True):
+            if q:
+                order.append(q.pop())
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def run_key(params: Params, stage: str, prev_meta: dict | None, kd_keys: dict) -> str:
+    """What the resumable state depends on; a mismatch starts the stage afresh."""
+    blob = json.dumps({"stage": getattr(params, stage).__dict__, "train": params.train.__dict__,
+                       "encoder": params.encoder.__dict__, "wire": params.wire.__dict__,
+                       "seed": params.seed, "prev": (prev_meta or {}).get("run_key"),
+                       "kd": kd_keys}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Stage:
+    """State and steps of one curriculum stage (litgpt-style setup / fit / validate)."""
+
+    def __init__(self, params: Params, stage: str, root: Path):
+        self.params, self.stage, self.root = params, stage, root
+        self.sc = params.stage(stage)
+        self.out = root / "models" / stage
+        torch.manual_seed(params.seed)
+        rows = read_jsonl(root / "data/mix/train.jsonl")
+        self.train_rows, self.dev_rows = split_dev(rows, params.train.dev_examples, params.seed)
+        self.llms = {s: load_frozen(s, c, params.prompt, params.cache_dir) for s, c in params.models.items()}
+        self.receivers = {s: Receiver(llm) for s, llm in self.llms.items()}
+        self.kd, kd_keys = {}, {}
+        for s, llm in self.llms.items():
+            key = cache_key(params, s, llm.template, root / "data/mix/train.jsonl")
+            cache = load_cache(root / "data/kd" / f"{s}.safetensors", key)
+            self.kd[s] = ({i: n for n, i in enumerate(cache["ids"])}, cache)
+            kd_keys[s] = key
+        self.model = LatentWire(params, self.sc.M, self.llms)
+        prev = PREVIOUS[stage]
+        self.prev_meta = self.model.load(root / "models" / prev / "best") if prev else None
+        self.key = run_key(params, stage, self.prev_meta, kd_keys)
+        tp = params.train
+        self.batches_per_epoch = math.ceil(len(self.train_rows) / tp.batch_size)
+        total = math.ceil(self.sc.epochs * self.batches_per_epoch / tp.grad_accum)
+        self.total_steps = min(total, tp.max_steps) if tp.max_steps is not None else total
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+        self.sched = get_cosine_schedule_with_warmup(
+            self.opt, math.ceil(tp.warmup_frac * self.total_steps), max(self.total_steps, 1))
+        self.step, self.K, self.best, self.curve, self.events = 0, self.sc.K, None, [], []
+        self.resumed_from = self.try_resume()
+
+    # ------------------------------------------------------------ data -> tensors
+    def targets(self, slot: str, rows: list[dict]):
+        index, cache = self.kd[slot]
+        missing = [r["id"] for r in rows if r["id"] not in index]
+        if missing:
+            raise ValueError(f"data/kd/{slot}.safetensors: no teacher entry for ids {missing[:3]}: "
+                             "rerun teacher-kd-cache")
+        idx = torch.tensor([index[r["id"]] for r in rows])
+        return {k: cache[k][idx] for k in ("top_idx", "top_logp", "answer_ids", "answer_mask")}
+
+    def losses(self, rows: list[dict], K: int) -> tuple[torch.Tensor, dict]:
+        """Summed loss over model slots and the per-slot numbers for the curves."""
+        p, sc = self.params, self.sc
+        texts = [self.llms[next(iter(self.llms))].template.body(r["context"], r["question"]) for r in rows]
+        z, hint_logits, _ = self.model.encode(texts)
+        gold_hint = torch.tensor([hint_bucket(len(r["answers"][0].split()), p.encoder.hint_buckets)
+                                  for r in rows], device=z.device)
+        hint = hint_logits.argmax(-1)  # the sender's own prediction, as at evaluation time
+        total = p.train.hint_weight * torch.nn.functional.cross_entropy(hint_logits, gold_hint)
+        logs = {"hint_acc": (hint == gold_hint).float().mean().item()}
+        for slot, rec in self.receivers.items():
+            t = {k: v[:, :K].to(z.device) for k, v in self.targets(slot, rows).items()}
+            soft = self.model.soft_tokens(z, hint, slot)
+            logits = rec.answer_logits(soft, t["answer_ids"])
+            kd = kd_loss(logits, t["top_idx"].long(), t["top_logp"].float(), t["answer_mask"], p.kd.tau)
+            ce = ce_loss(logits, t["answer_ids"], t["answer_mask"])
+            first = first_token_correct(logits, t["answer_ids"])
+            w = (hard_negative_weights(first, teacher_entropy(t["top_logp"].float(), t["answer_mask"]),
+                                       math.log(p.kd.k + 1)) if p.train.hard_negative
+                 else torch.ones_like(kd))
+            loss = sc.kd * (w * kd).mean() + sc.ce * ce.mean()
+            total = total + p.train.model_weights.get(slot, 1.0) * loss
+            logs.update({f"{slot}/kd": kd.mean().item(), f"{slot}/ce": ce.mean().item(),
+                         f"{slot}/first_acc": first.mean().item()})
+        return total, logs
+
+    # ------------------------------------------------------------ fit / validate
+    @torch.no_grad()
+    def validate(self) -> dict:
+        self.model.eval()
+        bs, agg = self.params.train.batch_size, {}
+        for i in range(0, len(self.dev_rows), bs):
+            rows = self.dev_rows[i:i + bs]
+            loss, logs = self.losses(rows, self.K)
+            for k, v in {"loss": loss.item(), **logs}.items():
+                agg[k] = agg.get(k, 0.0) + v * len(rows) / len(self.dev_rows)
+        self.model.train()
+        agg["first_acc"] = sum(agg[f"{s}/first_acc"] for s in self.llms) / len(self.llms)
+        return agg
+
+    def adapt_K(self, dev_acc: float) -> None:
+        """Adaptive K: one more answer token per threshold crossed, never down, capped at K_max."""
+        crossed = sum(dev_acc >= t for t in self.params.train.K_thresholds)
+        self.K = max(self.K, min(self.sc.K + crossed, self.params.kd.K_max))
+
+    def fit(self) -> None:
+        tp = self.params.train
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, disable=None, unit="step")
+        while self.step < self.total_steps:
+            epoch, within = divmod(self.step * tp.grad_accum, self.batches_per_epoch)
+            batches = balanced_batches(self.train_rows, tp.batch_size, self.params.seed + epoch)
+            micro = [batches[(within + i) % len(batches)] for i in range(tp.grad_accum)]
+            self.opt.zero_grad(set_to_none=True)
+            logs = {}
+            for rows in micro:
+                loss, logs = self.losses(rows, self.K)
+                (loss / tp.grad_accum).backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+            row = {"step": self.step, "loss": loss.item(), "K": self.K,
+                   "lr": self.sched.get_last_lr()[0], **logs}
+            if self.step % tp.eval_every == 0 or self.step == self.total_steps:
+                dev = self.validate()
+                row.update({"dev_loss": dev["loss"], "dev_first_acc": dev["first_acc"]})
+                self.adapt_K(dev["first_acc"])
+                if self.best is None or (dev["first_acc"], -dev["loss"]) > (self.best["dev_first_acc"],
+                                                                              -self.best["dev_loss"]):
+                    self.best = {"step": self.step, "dev_first_acc": dev["first_acc"], "dev_loss": dev["loss"]}
+                    self.model.save(self.out / "best", {"stage": self.stage, "step": self.step,
+                                                        "run_key": self.key, "K": self.K})
+            self.curve.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", K=self.K)
+            if self.step % tp.save_every == 0 or self.step == self.total_steps:
+                self.save_last()
+        bar.close()
+
+    # ------------------------------------------------------------ resumable state
+    def save_last(self) -> None:
+        """Everything needed to resume: weights, optimiser, scheduler, step, K, curve."""
+        last = self.out / "last"
+        self.model.save(last, {"stage": self.stage, "step": self.step, "run_key": self.key})
+        opt = {f"{i}.{k}": v for i, s in self.opt.state_dict()["state"].items()
+               for k, v in s.items() if torch.is_tensor(v)}
+        with atomic_path(last / "optimizer.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in opt.items()}, str(tmp))
+        write_json(last / "state.json", {"run_key": self.key, "step": self.step, "K": self.K,
+                                         "best": self.best, "curve": self.curve,
+                                         "sched": self.sched.state_dict(), "events": self.events})
+
+    def try_resume(self) -> int | None:
+        last = self.out / "last"
+        try:
+            state = json.loads((last / "state.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        if state.get("run_key") != self.key or state["step"] >= self.total_steps + 1:
+            return None  # params changed since: start afresh
+        self.model.load(last)
+        opt_state = self.opt.state_dict()
+        flat = load_file(str(last / "optimizer.safetensors"))
+        for i in opt_state["param_groups"][0]["params"]:
+            keys = [k for k in flat if k.split(".", 1)[0] == str(i)]
+            opt_state["state"][i] = {k.split(".", 1)[1]: flat[k] for k in keys}
+        self.opt.load_state_dict(opt_state)
+        self.sched.load_state_dict(state["sched"])
+        for group, lr in zip(self.opt.param_groups, self.sched.get_last_lr()):
+            group["lr"] = lr  # the optimiser's own lr is not in the scheduler's state
+        self.step, self.K, self.best, self.curve = state["step"], state["K"], state["best"], state["curve"]
+        self.events = state.get("events", []) + [{"resumed_at_step": self.step}]
+        print(f"{self.stage}: resumed from {last} at step {self.step}")
+        return self.step
+
+
+def main(stage: str, params_path: str = "params.yaml", root: str = ".") -> dict:
+    t0 = time.time()
+    params, root = load_params(params_path), Path(root)
+    st = Stage(params, stage, root)
+    st.fit()
+    if st.best is None:  # zero steps (epochs: 0): the starting point is the best we have
+        st.model.save(st.out / "best", {"stage": stage, "step": 0, "run_key": st.key, "K": st.K})
+    metrics = {"M": st.sc.M, "steps": st.step, "K_final": st.K, "best": st.best,
+               "final": {k: v for k, v in (st.curve[-1] if st.curve else {}).items()},
+               "K_schedule": [{"step": r["step"], "K": r["K"]} for r in st.curve
+                              if r is st.curve[0] or r["K"] != st.curve[st.curve.index(r) - 1]["K"]],
+               "train_examples": len(st.train_rows), "dev_examples": len(st.dev_rows),
+               "events": st.events, "wall_s": round(time.time() - t0, 1)}
+    cols = sorted({k for r in st.curve for k in r}, key=lambda k: (k != "step", k))
+    write_text(root / "metrics/train" / f"{stage}_curve.csv",
+               ",".join(cols) + "\n" + "".join(",".join(str(r.get(c, "")) for c in cols) + "\n"
+                                               for r in st.curve))
+    write_json(root / "metrics/train" / f"{stage}.json", metrics)
+    print(f"{stage}: {st.step} steps, best dev first-token acc "
+          f"{(st.best or {}).get('dev_first_acc', float('nan')):.3f}, {metrics['wall_s']:.0f}s")
+    return metrics
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stage", choices=list(PREVIOUS), help="curriculum stage (reads params <stage>.*)")
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+
+
+def run(args: argparse.Namespace) -> None:
+    main(args.stage, args.params)

@@ -1,0 +1,125 @@
+"""The curriculum on tiny models: kd cache -> stage1 (M=8) -> stage2 (M=6) -> stage3 (M=4) ->
+latent evaluation; resume after an interrupted stage; refusal of a mismatched checkpoint."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from latentwire import evaluate, kd, train
+from latentwire.config import load_params
+from latentwire.latent import LatentWire
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "river city king war year music team school book film ship moon".split()
+
+
+def rows(n: int, dataset: str):
+    out = []
+    for i in range(n):
+        a, b = WORDS[i % len(WORDS)], WORDS[(i * 5 + 3) % len(WORDS)]
+        out.append({"id": f"{dataset}-{i}", "dataset": dataset, "title": f"t{i}",
+                    "question": f"What is the {a}?", "context": f"The {a} is the {b}. Number {i}.",
+                    "answers": [f"the {b}"]})
+    return out
+
+
+@pytest.fixture
+def project(tmp_path, tiny_models):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["models"] = {"llama": {"source": "local", "path": str(tiny_models["llama"])},
+                     "qwen": {"source": "local", "path": str(tiny_models["qwen"])}}
+    raw["encoder"] = {"d_z": 32, "layers": 1, "heads": 2, "max_bytes": 96, "hint_buckets": 4}
+    raw["wire"]["d_wire"] = 8
+    raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 4}
+    raw["train"] = {"batch_size": 4, "dev_examples": 4, "eval_every": 2, "save_every": 1,
+                    "lr": 3e-3}
+    raw["stage1"] = {"M": 8, "epochs": 1, "K": 1, "kd": 1.0, "ce": 0.0}
+    raw["stage2"] = {"M": 6, "epochs": 1, "K": 1, "kd": 1.0, "ce": 1.0}
+    raw["stage3"] = {"M": 4, "epochs": 1, "K": 2, "kd": 1.0, "ce": 1.0}
+    raw["evaluate"] = {"max_new_tokens": 3, "batch_size": 4, "max_examples": None}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "data/mix").mkdir(parents=True)
+    for split, rs in (("train", rows(12, "squad") + rows(8, "nq")), ("eval", rows(3, "squad") + rows(3, "nq"))):
+        (tmp_path / f"data/mix/{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    return tmp_path
+
+
+def run_stage(project: Path, stage: str, monkeypatch) -> dict:
+    monkeypatch.chdir(project)
+    return train.main(stage, "params.yaml", ".")
+
+
+def test_curriculum_end_to_end(project, monkeypatch):
+    monkeypatch.chdir(project)
+    kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
+    m1 = run_stage(project, "stage1", monkeypatch)
+    # 16 train rows / batch 4 = 4 steps; dev validated at steps 2 and 4
+    assert m1["steps"] == 4 and m1["M"] == 8 and m1["best"]["step"] in (2, 4)
+    curve = (project / "metrics/train/stage1_curve.csv").read_text().splitlines()
+    assert curve[0].startswith("step,") and len(curve) == 5 and "llama/kd" in curve[0]
+    assert json.loads((project / "models/stage1/best/meta.json").read_text())["M"] == 8
+    m2 = run_stage(project, "stage2", monkeypatch)  # starts from stage1's best, resized 8 -> 6
+    assert m2["M"] == 6
+    m3 = run_stage(project, "stage3", monkeypatch)
+    assert m3["M"] == 4
+    meta = json.loads((project / "models/stage3/best/meta.json").read_text())
+    assert meta["M"] == 4 and meta["slots"] == ["llama", "qwen"]
+
+    evaluate.main("params.yaml", part="text")
+    metrics = evaluate.main("params.yaml", part="latent")
+    for slot in ("llama", "qwen"):
+        for ds in ("nq", "squad"):
+            res = metrics[slot][ds]
+            for name in ("text", "m_token", "equal_byte", "latent_fp16", "latent_int8", "latent_int4"):
+                assert 0.0 <= res[name]["f1"] <= 1.0
+            assert 0 < res["latent_int4"]["distinct_ratio"] <= 1.0
+            assert -1.0 <= res["z_pairwise_cosine"] <= 1.0
+            assert res["bytes"]["int4"]["per_model"] < res["bytes"]["fp16"]["per_model"]
+            assert res["tokens_over_M"] == pytest.approx(res["prompt_tokens"] / 4)
+    preds = [json.loads(l) for l in (project / "data/eval/predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 12 and all("pred_latent_int4" in p and "pred_text" in p for p in preds)
+
+
+def test_stage_resumes_after_interruption(project, monkeypatch):
+    monkeypatch.chdir(project)
+    kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
+    full = run_stage(project, "stage1", monkeypatch)
+    ref = (project / "models/stage1/best/model.safetensors").read_bytes()
+
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def dying_step(self, *a, **k):  # the 3rd optimiser step is interrupted
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    for p in ("models", "metrics"):
+        import shutil
+        shutil.rmtree(project / p)
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(project, "stage1", monkeypatch)
+    state = json.loads((project / "models/stage1/last/state.json").read_text())
+    assert state["step"] == 2  # saved every step: steps 1 and 2 are durable
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    resumed = run_stage(project, "stage1", monkeypatch)
+    assert resumed["events"] == [{"resumed_at_step": 2}]
+    assert resumed["steps"] == full["steps"]
+    assert resumed["final"]["loss"] == pytest.approx(full["final"]["loss"], rel=1e-4)
+    assert (project / "models/stage1/best/model.safetensors").read_bytes() == ref or \
+        resumed["best"]["dev_first_acc"] == pytest.approx(full["best"]["dev_first_acc"])
+
+
+def test_mismatched_checkpoint_is_refused(project, monkeypatch):
+    monkeypatch.chdir(project)
+    kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
+    run_stage(project, "stage1", monkeypatch)
+    params = load_params("params.yaml")
+    params.encoder.d_z = 64
+    lw = LatentWire(params, 8, hidden={"llama": 32, "qwen": 32}, target_norm={"llama": 1.0, "qwen": 1.0})
+    with pytest.raises(ValueError, match=r"d_z: checkpoint 32 != params 64"):
+        lw.load(project / "models/stage1/best")
