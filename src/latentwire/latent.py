@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -67,6 +68,13 @@ class LatentWire(nn.Module):
                               quantize(view[:, S:], bits, self.group_size, qat)], dim=1)
         return self.adapters[slot](view, hint)
 
+    def forward(self, texts: list[str]):
+        """The training path in one call (what DistributedDataParallel wraps): Z, hint logits
+        and every slot's soft tokens, fed the sender's own predicted hint."""
+        z, hint_logits, _ = self.encode(texts)
+        hint = hint_logits.argmax(-1)
+        return z, hint_logits, {s: self.soft_tokens(z, hint, s) for s in self.adapters}
+
     # ------------------------------------------------------------ checkpoints
     def save(self, folder: str | Path, extra: dict | None = None) -> None:
         folder = Path(folder)
@@ -82,7 +90,7 @@ class LatentWire(nn.Module):
         try:
             meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
             state = load_file(str(folder / "model.safetensors"))
-        except (OSError, ValueError, json.JSONDecodeError) as e:  # safetensors raises on truncation
+        except (OSError, ValueError, SafetensorError) as e:  # truncated or garbled files
             raise ValueError(f"{folder}: unreadable or corrupted checkpoint: {e}") from None
         bad = [f"{f}: checkpoint {meta.get(f)!r} != params {self.arch[f]!r}"
                for f in ARCH_FIELDS if meta.get(f) != self.arch[f]]
@@ -123,20 +131,26 @@ class Receiver:
     def embed(self, ids):
         return self.llm.model.get_input_embeddings()(ids)
 
+    def to_llm(self, soft):
+        """Soft tokens onto the LLM's device and dtype (it may sit on another GPU, in bf16)."""
+        return soft.to(self.llm.device, self.llm.model.get_input_embeddings().weight.dtype)
+
     def answer_logits(self, soft, answer_ids):
-        """Logits predicting each answer token j (teacher-forced), [B, K, V]."""
-        B = soft.shape[0]
+        """Logits predicting each answer token j (teacher-forced), [B, K, V] float32, on the
+        soft tokens' device."""
+        B, back = soft.shape[0], soft.device
+        soft, answer_ids = self.to_llm(soft), answer_ids.to(self.llm.device)
         x = torch.cat([soft, self.embed(self.suffix_ids).expand(B, -1, -1), self.embed(answer_ids[:, :-1])], 1)
         mask = torch.ones(B, len(self.prefix_ids) + x.shape[1], dtype=torch.long, device=x.device)
         # the last K positions are exactly those predicting answer tokens 0..K-1
         out = self.llm.model(inputs_embeds=x, attention_mask=mask, cache=self.cache(B), use_cache=True,
                              logits_to_keep=answer_ids.shape[1])
-        return out.logits.float()
+        return out.logits.float().to(back)
 
     @torch.inference_mode()
     def generate(self, soft, max_new_tokens: int) -> list[str]:
         """Greedy answers from the latent prompt (every prompt has the same length: no padding)."""
-        B = soft.shape[0]
+        B, soft = soft.shape[0], self.to_llm(soft)
         x = torch.cat([self.embed(self.prefix_ids).expand(B, -1, -1), soft,
                        self.embed(self.suffix_ids).expand(B, -1, -1)], 1)
         mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
