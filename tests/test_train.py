@@ -59,6 +59,9 @@ def test_curriculum_end_to_end(project, monkeypatch):
     assert m1["steps"] == 4 and m1["M"] == 8 and m1["best"]["step"] in (2, 4)
     curve = (project / "metrics/train/stage1_curve.csv").read_text().splitlines()
     assert curve[0].startswith("step,") and len(curve) == 5 and "llama/kd" in curve[0]
+    live = (project / "dvclive/stage1/plots/metrics/loss.tsv").read_text().splitlines()
+    assert live[0] == "step\tloss" and [r.split("\t")[0] for r in live[1:]] == ["1", "2", "3", "4"]
+    assert not list(project.rglob("dvc.yaml"))  # dvclive never writes one
     assert json.loads((project / "models/stage1/best/meta.json").read_text())["M"] == 8
     m2 = run_stage(project, "stage2", monkeypatch)  # starts from stage1's best, resized 8 -> 6
     assert m2["M"] == 6
@@ -78,6 +81,9 @@ def test_curriculum_end_to_end(project, monkeypatch):
             assert -1.0 <= res["z_pairwise_cosine"] <= 1.0
             assert res["bytes"]["int4"]["per_model"] < res["bytes"]["fp16"]["per_model"]
             assert res["tokens_over_M"] == pytest.approx(res["prompt_tokens"] / 4)
+            assert 0 < res["m_token"]["bytes"] <= max(len(r["context"].encode()) for r in rows(3, ds))
+    frontier = (project / "metrics/frontier.csv").read_text().splitlines()
+    assert frontier[0] == "model,dataset,variant,bytes,f1,em" and len(frontier) == 1 + 2 * 2 * 6
     preds = [json.loads(l) for l in (project / "data/eval/predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 12 and all("pred_latent_int4" in p and "pred_text" in p for p in preds)
 
@@ -110,6 +116,8 @@ def test_stage_resumes_after_interruption(project, monkeypatch):
     assert resumed["events"] == [{"resumed_at_step": 2}]
     assert resumed["steps"] == full["steps"]
     assert resumed["final"]["loss"] == pytest.approx(full["final"]["loss"], rel=1e-4)
+    live = (project / "dvclive/stage1/plots/metrics/loss.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in live[1:]] == ["1", "2", "3", "4"]  # steps 1-2 replayed on resume
     assert (project / "models/stage1/best/model.safetensors").read_bytes() == ref or \
         resumed["best"]["dev_first_acc"] == pytest.approx(full["best"]["dev_first_acc"])
 

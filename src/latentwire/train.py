@@ -5,33 +5,42 @@
 stage1 starts from scratch; stageN starts from models/stage{N-1}/best (resized to this
 stage's M). Every optimiser step trains the one encoder on every model slot (losses summed
 with train.model_weights). The stage writes models/<stage>/{best,last}/ (safetensors +
-meta.json) and metrics/train/<stage>.json + a per-step curve CSV for `dvc plots`.
+meta.json) and metrics/train/<stage>.json + a per-step curve CSV for `dvc plots`; the same
+steps go to dvclive/<stage>/ (dvclive; it never writes a dvc.yaml or saves an experiment).
 A killed stage resumes from models/<stage>/last when rerun with the same params.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import hashlib
+import importlib.metadata
 import json
+import logging
 import math
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from . import launch, placement
 from .config import Params, load_params
 from .encoder import hint_bucket
 from .io import atomic_path, read_jsonl, write_json, write_text
-from .kd import cache_key, load_cache
+from .kd import cache_key, file_sha256, load_cache, teacher_hash
 from .latent import LatentWire, Receiver
 from .llm import load_frozen
 from .losses import ce_loss, first_token_correct, hard_negative_weights, kd_loss, teacher_entropy
 
 PREVIOUS = {"stage1": None, "stage2": "stage1", "stage3": "stage2"}
+logging.getLogger("dvclive").setLevel(logging.ERROR)  # quiet: no dvclive notices in the stage log
 
 
 def split_dev(rows: list[dict], n_dev: int, seed: int) -> tuple[list[dict], list[dict]]:
@@ -57,6 +66,17 @@ def balanced_batches(rows: list[dict], batch_size: int, seed: int) -> list[list[
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def log_live(live, row: dict) -> None:
+    """One curve row -> dvclive/<stage>/plots/metrics/*.tsv at the row's own step."""
+    if live is None:  # not rank 0
+        return
+    live.step = row["step"]
+    for k, v in row.items():
+        if k != "step" and isinstance(v, (int, float)):
+            live.log_metric(k, v)
+    live.next_step()
+
+
 def run_key(params: Params, stage: str, prev_meta: dict | None, kd_keys: dict) -> str:
     """What the resumable state depends on; a mismatch starts the stage afresh."""
     blob = json.dumps({"stage": getattr(params, stage).__dict__, "train": params.train.__dict__,
@@ -64,6 +84,11 @@ def run_key(params: Params, stage: str, prev_meta: dict | None, kd_keys: dict) -
                        "seed": params.seed, "prev": (prev_meta or {}).get("run_key"),
                        "kd": kd_keys}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def is_oom(e: BaseException) -> bool:
+    """A CUDA out-of-memory error (torch.cuda.OutOfMemoryError is a RuntimeError)."""
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e)
 
 
 class Stage:
@@ -76,11 +101,18 @@ class Stage:
         torch.manual_seed(params.seed)
         rows = read_jsonl(root / "data/mix/train.jsonl")
         self.train_rows, self.dev_rows = split_dev(rows, params.train.dev_examples, params.seed)
-        self.llms = {s: load_frozen(s, c, params.prompt, params.cache_dir) for s, c in params.models.items()}
+        # one process, or one rank of `accelerate launch` (launch.py): each rank takes its share
+        # of every micro-batch; the scheduler steps once per optimiser step on every rank
+        self.acc = Accelerator(step_scheduler_with_optimizer=False)
+        self.resolved = dataclasses.asdict(params)  # before an out-of-memory retry changes the batch
+        placed = placement.resolve(params)  # null device_maps -> the GPUs (unchanged on CPU)
+        self.llms = {s: load_frozen(s, c, params.prompt, params.cache_dir) for s, c in placed.models.items()}
+        self.placement = placement.describe(placed, self.llms)
         self.receivers = {s: Receiver(llm) for s, llm in self.llms.items()}
-        self.kd, kd_keys = {}, {}
+        self.kd, kd_keys, self.teacher_hash = {}, {}, {}
         for s, llm in self.llms.items():
-            key = cache_key(params, s, llm.template, root / "data/mix/train.jsonl")
+            self.teacher_hash[s] = teacher_hash(params, s, llm.template)
+            key = cache_key(params, s, llm.template, root / "data/mix/train.jsonl", self.teacher_hash[s])
             cache = load_cache(root / "data/kd" / f"{s}.safetensors", key)
             self.kd[s] = ({i: n for n, i in enumerate(cache["ids"])}, cache)
             kd_keys[s] = key
@@ -90,11 +122,14 @@ class Stage:
         self.key = run_key(params, stage, self.prev_meta, kd_keys)
         tp = params.train
         self.batches_per_epoch = math.ceil(len(self.train_rows) / tp.batch_size)
+        # the cosine schedule spans every optimiser step of every epoch of the stage
         total = math.ceil(self.sc.epochs * self.batches_per_epoch / tp.grad_accum)
         self.total_steps = min(total, tp.max_steps) if tp.max_steps is not None else total
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
-        self.sched = get_cosine_schedule_with_warmup(
-            self.opt, math.ceil(tp.warmup_frac * self.total_steps), max(self.total_steps, 1))
+        opt = torch.optim.AdamW(self.model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+        sched = get_cosine_schedule_with_warmup(
+            opt, math.ceil(tp.warmup_frac * self.total_steps), max(self.total_steps, 1))
+        # self.net: the model as trained (DistributedDataParallel across ranks, else self.model)
+        self.net, self.opt, self.sched = self.acc.prepare(self.model, opt, sched)
         self.step, self.K, self.best, self.curve, self.events = 0, self.sc.K, None, [], []
         self.resumed_from = self.try_resume()
 
@@ -112,7 +147,7 @@ class Stage:
         """Summed loss over model slots and the per-slot numbers for the curves."""
         p, sc = self.params, self.sc
         texts = [self.llms[next(iter(self.llms))].template.body(r["context"], r["question"]) for r in rows]
-        z, hint_logits, _ = self.model.encode(texts)
+        z, hint_logits, softs = self.net(texts)  # soft tokens fed the sender's own predicted hint
         gold_hint = torch.tensor([hint_bucket(len(r["answers"][0].split()), p.encoder.hint_buckets)
                                   for r in rows], device=z.device)
         hint = hint_logits.argmax(-1)  # the sender's own prediction, as at evaluation time
@@ -120,8 +155,7 @@ class Stage:
         logs = {"hint_acc": (hint == gold_hint).float().mean().item()}
         for slot, rec in self.receivers.items():
             t = {k: v[:, :K].to(z.device) for k, v in self.targets(slot, rows).items()}
-            soft = self.model.soft_tokens(z, hint, slot)
-            logits = rec.answer_logits(soft, t["answer_ids"])
+            logits = rec.answer_logits(softs[slot], t["answer_ids"])
             kd = kd_loss(logits, t["top_idx"].long(), t["top_logp"].float(), t["answer_mask"], p.kd.tau)
             ce = ce_loss(logits, t["answer_ids"], t["answer_mask"])
             first = first_token_correct(logits, t["answer_ids"])
@@ -153,20 +187,34 @@ class Stage:
         crossed = sum(dev_acc >= t for t in self.params.train.K_thresholds)
         self.K = max(self.K, min(self.sc.K + crossed, self.params.kd.K_max))
 
+    def start_live(self, Live):
+        """dvclive for this stage's curves; training goes on without it if it cannot start
+        (e.g. a git repository without a commit yet)."""
+        try:
+            return Live(dir=str(self.root / "dvclive" / self.stage), dvcyaml=False, save_dvc_exp=False)
+        except Exception as e:  # noqa: BLE001 - live curves are a convenience, never a failure
+            print(f"{self.stage}: dvclive disabled: {e}")
+            return None
+
     def fit(self) -> None:
         tp = self.params.train
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, disable=None, unit="step")
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step",
+                   disable=None if self.acc.is_main_process else True)
+        from dvclive import Live  # not at the top: __main__ imports every module, dvclive pulls in dvc
+
+        live = self.start_live(Live) if self.acc.is_main_process else None  # rank 0 logs
+        for row in self.curve:  # a resumed stage replays its saved steps: the log stays whole
+            log_live(live, row)
         while self.step < self.total_steps:
             epoch, within = divmod(self.step * tp.grad_accum, self.batches_per_epoch)
             batches = balanced_batches(self.train_rows, tp.batch_size, self.params.seed + epoch)
             micro = [batches[(within + i) % len(batches)] for i in range(tp.grad_accum)]
-            self.opt.zero_grad(set_to_none=True)
-            logs = {}
-            for rows in micro:
-                loss, logs = self.losses(rows, self.K)
-                (loss / tp.grad_accum).backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            out = self.accumulate_or_shrink(micro)
+            if out is None:
+                continue  # out of memory: the same step again in smaller micro-batches
+            loss, logs = out
+            self.acc.clip_grad_norm_(self.model.parameters(), 1.0)
             self.opt.step()
             self.sched.step()
             self.step += 1
@@ -178,19 +226,68 @@ class Stage:
                 self.adapt_K(dev["first_acc"])
                 if self.best is None or (dev["first_acc"], -dev["loss"]) > (self.best["dev_first_acc"],
                                                                               -self.best["dev_loss"]):
-                    self.best = {"step": self.step, "dev_first_acc": dev["first_acc"], "dev_loss": dev["loss"]}
-                    self.model.save(self.out / "best", {"stage": self.stage, "step": self.step,
-                                                        "run_key": self.key, "K": self.K})
+                    self.best = {"step": self.step, "epoch": epoch + 1,  # 1-based
+                                 "dev_first_acc": dev["first_acc"], "dev_loss": dev["loss"]}
+                    if self.acc.is_main_process:
+                        self.model.save(self.out / "best", {"stage": self.stage, "step": self.step,
+                                                            "run_key": self.key, "K": self.K})
             self.curve.append(row)
+            log_live(live, row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", K=self.K)
             if self.step % tp.save_every == 0 or self.step == self.total_steps:
                 self.save_last()
         bar.close()
+        if live is not None:
+            live.end()
+
+    def accumulate(self, micro: list[list[dict]]) -> tuple[torch.Tensor, dict]:
+        """One optimiser step's gradients over the micro-batches. Each rank takes its share of
+        every micro-batch; accelerate syncs the gradients across ranks on the last one only.
+        The loss and logs returned are the last micro-batch's, averaged over ranks."""
+        acc = self.acc
+        self.opt.zero_grad(set_to_none=True)
+        for i, rows in enumerate(micro):
+            rows = rows[acc.process_index::acc.num_processes] or rows[:1]
+            with nullcontext() if i == len(micro) - 1 else acc.no_sync(self.net):
+                loss, logs = self.losses(rows, self.K)
+                acc.backward(loss / len(micro))
+        if acc.num_processes > 1:
+            loss = acc.reduce(loss.detach(), "mean")
+            logs = {k: acc.reduce(torch.tensor(v, device=acc.device), "mean").item() for k, v in logs.items()}
+        return loss, logs
+
+    def accumulate_or_shrink(self, micro: list[list[dict]]) -> tuple[torch.Tensor, dict] | None:
+        """`accumulate`, or None after an out-of-memory error: then memory is freed, the
+        micro-batch halved and the accumulation doubled (the effective batch is unchanged,
+        exactly for even batch sizes) and the event logged; the caller retries the step."""
+        try:
+            return self.accumulate(micro)
+        except RuntimeError as e:
+            if not is_oom(e) or self.params.train.batch_size < 2:
+                raise
+        # outside the except block, so the traceback's tensors are already released
+        tp = self.params.train  # fit and validate read the micro-batch size from here
+        event = {"event": "out_of_memory", "step": self.step, "old_batch": tp.batch_size,
+                 "new_batch": math.ceil(tp.batch_size / 2), "old_accum": tp.grad_accum,
+                 "new_accum": tp.grad_accum * 2}
+        self.opt.zero_grad(set_to_none=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        tp.batch_size, tp.grad_accum = event["new_batch"], event["new_accum"]
+        self.batches_per_epoch = math.ceil(len(self.train_rows) / tp.batch_size)
+        self.events.append(event)
+        print(f"{self.stage}: out of memory at step {self.step}: micro-batch "
+              f"{event['old_batch']} -> {event['new_batch']}, grad_accum {event['old_accum']} -> "
+              f"{event['new_accum']}")
+        return None
 
     # ------------------------------------------------------------ resumable state
     def save_last(self) -> None:
         """Everything needed to resume: weights, optimiser, scheduler, step, K, curve."""
+        if not self.acc.is_main_process:
+            return  # rank 0 writes; every rank holds the same state
         last = self.out / "last"
         self.model.save(last, {"stage": self.stage, "step": self.step, "run_key": self.key})
         opt = {f"{i}.{k}": v for i, s in self.opt.state_dict()["state"].items()
@@ -230,6 +327,10 @@ def main(stage: str, params_path: str = "params.yaml", root: str = ".") -> dict:
     params, root = load_params(params_path), Path(root)
     st = Stage(params, stage, root)
     st.fit()
+    st.acc.wait_for_everyone()
+    if not st.acc.is_main_process:  # rank 0 writes the checkpoints and metrics
+        st.acc.end_training()
+        return {}
     if st.best is None:  # zero steps (epochs: 0): the starting point is the best we have
         st.model.save(st.out / "best", {"stage": stage, "step": 0, "run_key": st.key, "K": st.K})
     metrics = {"M": st.sc.M, "steps": st.step, "K_final": st.K, "best": st.best,
@@ -237,7 +338,8 @@ def main(stage: str, params_path: str = "params.yaml", root: str = ".") -> dict:
                "K_schedule": [{"step": r["step"], "K": r["K"]} for r in st.curve
                               if r is st.curve[0] or r["K"] != st.curve[st.curve.index(r) - 1]["K"]],
                "train_examples": len(st.train_rows), "dev_examples": len(st.dev_rows),
-               "events": st.events, "wall_s": round(time.time() - t0, 1)}
+               "events": st.events, "wall_s": round(time.time() - t0, 1),
+               "run": run_info(st, root)}
     cols = sorted({k for r in st.curve for k in r}, key=lambda k: (k != "step", k))
     write_text(root / "metrics/train" / f"{stage}_curve.csv",
                ",".join(cols) + "\n" + "".join(",".join(str(r.get(c, "")) for c in cols) + "\n"
@@ -245,7 +347,22 @@ def main(stage: str, params_path: str = "params.yaml", root: str = ".") -> dict:
     write_json(root / "metrics/train" / f"{stage}.json", metrics)
     print(f"{stage}: {st.step} steps, best dev first-token acc "
           f"{(st.best or {}).get('dev_first_acc', float('nan')):.3f}, {metrics['wall_s']:.0f}s")
+    st.acc.end_training()
     return metrics
+
+
+def run_info(st: Stage, root: Path) -> dict:
+    """What produced this stage, under one key: resolved params, versions, placement, hashes."""
+    versions = {}
+    for pkg in ("torch", "transformers", "accelerate", "latentwire"):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"params": st.resolved, "versions": versions,
+            "placement": st.placement, "processes": st.acc.num_processes,
+            "teacher_hash": st.teacher_hash,
+            "data_sha256": file_sha256(root / "data/mix/train.jsonl")}
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -254,4 +371,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    main(args.stage, args.params)
+    # several GPUs (or LATENTWIRE_PROCESSES=N): re-run this command under `accelerate launch`
+    if not launch.relaunch(["train", args.stage, "--params", args.params]):
+        main(args.stage, args.params)
