@@ -1,4 +1,4 @@
-"""One entry point per stage: `python -m latentwire <stage> [--help]`."""
+"""One entry point per stage: `python -m latentwire <stage> [--help]` (+ report, plots)."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,9 @@ STAGES = {
     "teacher-kd-cache": ("kd", "cache the teachers' top-k log-probs on the train mix per model"),
     "train": ("train", "one curriculum stage (stage1 | stage2 | stage3) of the encoder + adapters"),
     "evaluate": ("evaluate", "F1/EM of the text baselines (and the latent) per model x dataset"),
+    # commands, not DVC stages: review the results
+    "report": ("report", "Markdown review table of metrics/eval.json (+ deltas vs --base, worst examples)"),
+    "plots": ("plots", "PNGs of the training curves, the F1 vs wire-bytes frontier and F1 bars"),
 }
 
 
@@ -29,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError) as e:  # our errors name the file and field
         print(f"latentwire {args.command}: error: {e}", file=sys.stderr)
         return 1
-    print(f"latentwire {args.command}: done in {time.time() - t0:.1f}s")
+    # stderr: stdout stays clean for what a command prints (report's Markdown)
+    print(f"latentwire {args.command}: done in {time.time() - t0:.1f}s", file=sys.stderr)
     return 0
 
 

@@ -9,10 +9,14 @@ Baselines, all with the same prompt template and greedy decoding:
   m_token     the context cut to M tokens of that model's tokenizer (M = stage3.M);
   equal_byte  the context cut to B UTF-8 bytes, B = the latent's wire bytes per model.
 The question is always sent whole, so both cut baselines get a little more than their budget.
+Beside metrics/eval.json the latent part writes metrics/frontier.csv (model, dataset, variant,
+bytes, f1, em: one row per model x dataset x variant) for `dvc plots` and `latentwire plots`.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -21,14 +25,16 @@ from collections import defaultdict
 import torch
 from tqdm.auto import tqdm
 
+from . import placement
 from .config import Params, load_params
-from .io import read_jsonl, write_json, write_jsonl
+from .io import read_jsonl, write_json, write_jsonl, write_text
 from .latent import LatentWire, Receiver
 from .llm import FrozenLLM, load_frozen
 from .metrics import best_em, best_f1
 from .wire import cut_utf8, wire_bytes
 
 PRECISIONS = {"fp16": 16, "int8": 8, "int4": 4}
+VARIANTS = ("text", "m_token", "equal_byte", *(f"latent_{name}" for name in PRECISIONS))
 
 
 def clean(text: str) -> str:
@@ -108,6 +114,11 @@ def evaluate_model(llm: FrozenLLM, rows: list[dict], M: int, B: int, max_new_tok
     return result
 
 
+def m_token_bytes(llm: FrozenLLM, rows: list[dict], M: int) -> float:
+    """Mean UTF-8 bytes of the M-token context cut (the m_token baseline's bytes on the frontier)."""
+    return sum(len(cut_tokens(llm, r["context"], M).encode("utf-8")) for r in rows) / max(len(rows), 1)
+
+
 def mean_pairwise_cosine(z: torch.Tensor) -> float:
     """Mean cosine between different examples' flattened Z: near 1 means one code for all."""
     if z.shape[0] < 2:
@@ -157,6 +168,41 @@ def latent_model(llm: FrozenLLM, lw: LatentWire, rows: list[dict], base: dict, w
     return result
 
 
+def frontier_rows(metrics: dict, slots) -> list[dict]:
+    """One row per model x dataset x variant: the bytes it sends and its F1/EM.
+
+    bytes: latent_* the per-model wire bytes at that precision; text the mean prompt bytes
+    (question + context); equal_byte the byte budget of its context cut; m_token the mean
+    UTF-8 bytes of its M-token context cut (empty where metrics lack that count)."""
+    rows = []
+    for slot in slots:
+        for ds, res in sorted(metrics[slot].items()):
+            if not isinstance(res, dict) or "text" not in res:
+                continue  # "embedding" and other per-model entries
+            for v in VARIANTS:
+                if v not in res:
+                    continue
+                if v.startswith("latent_"):
+                    nbytes = res["bytes"][v.removeprefix("latent_")]["per_model"]
+                elif v == "text":
+                    nbytes = res["prompt_bytes"]
+                else:
+                    nbytes = res[v].get("bytes")
+                rows.append({"model": slot, "dataset": ds, "variant": v,
+                             "bytes": "" if nbytes is None else nbytes,
+                             "f1": res[v]["f1"], "em": res[v]["em"]})
+    return rows
+
+
+def write_frontier(path: str | Path, metrics: dict, slots) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["model", "dataset", "variant", "bytes", "f1", "em"],
+                       lineterminator="\n")
+    w.writeheader()
+    w.writerows(frontier_rows(metrics, slots))
+    write_text(path, buf.getvalue())
+
+
 def load_rows(path: str, max_examples: int | None) -> list[dict]:
     rows, seen = [], defaultdict(int)
     for r in read_jsonl(path):
@@ -169,8 +215,11 @@ def load_rows(path: str, max_examples: int | None) -> list[dict]:
 def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl",
          metrics_path: str = "metrics/eval.json",
          predictions_path: str = "data/eval/predictions.jsonl", part: str = "all",
-         baselines_path: str = "data/eval/text_baselines.json", checkpoint: str = "models/stage3/best") -> dict:
-    """part=text: the baselines only (-> baselines_path); part=latent: add the latent to them."""
+         baselines_path: str = "data/eval/text_baselines.json", checkpoint: str = "models/stage3/best",
+         frontier_path: str | None = None) -> dict:
+    """part=text: the baselines only (-> baselines_path); part=latent: add the latent to them.
+
+    The latent part also writes frontier_path (default: frontier.csv beside metrics_path)."""
     params = load_params(params_path)
     torch.manual_seed(params.seed)
     rows = load_rows(eval_path, params.evaluate.max_examples)
@@ -185,7 +234,7 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
         saved = json.loads(Path(baselines_path).read_text(encoding="utf-8"))
         metrics, predictions = saved["metrics"], saved["predictions"]
     lw = None
-    for slot, cfg in params.models.items():
+    for slot, cfg in placement.resolve(params).models.items():  # null device_map: auto placement
         t0 = time.time()
         llm = load_frozen(slot, cfg, params.prompt, params.cache_dir)
         if part in ("text", "all"):
@@ -200,6 +249,8 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
                 lw.eval()
             for ds, res in latent_model(llm, lw, rows, metrics[slot], wire, params, predictions).items():
                 metrics[slot][ds].update(res)
+                # here, not in the text part: data/eval/text_baselines.json stays as it was
+                metrics[slot][ds]["m_token"]["bytes"] = m_token_bytes(llm, [r for r in rows if r["dataset"] == ds], M)
         metrics["wall_s"][f"{part}/{slot}"] = round(time.time() - t0, 1)
         print(f"evaluate ({part}): {slot} done in {time.time() - t0:.0f}s")
         del llm
@@ -207,6 +258,7 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
         write_json(baselines_path, {"metrics": metrics, "predictions": predictions})
     else:
         write_jsonl(predictions_path, predictions)
+        write_frontier(frontier_path or Path(metrics_path).with_name("frontier.csv"), metrics, params.models)
         write_json(metrics_path, metrics)
     return metrics
 
@@ -223,7 +275,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default="metrics/eval.json", help="metrics output (JSON)")
     p.add_argument("--predictions", default="data/eval/predictions.jsonl",
                    help="per-example predictions of every baseline and precision (JSONL)")
+    p.add_argument("--frontier", default=None,
+                   help="F1 vs wire bytes per model x dataset x variant (CSV; default: frontier.csv "
+                        "beside --metrics)")
 
 
 def run(args: argparse.Namespace) -> None:
-    main(args.params, args.eval, args.metrics, args.predictions, args.part, args.baselines, args.checkpoint)
+    main(args.params, args.eval, args.metrics, args.predictions, args.part, args.baselines, args.checkpoint,
+         args.frontier)
