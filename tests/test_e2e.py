@@ -103,7 +103,8 @@ def test_killed_stage_resumes_under_dvc(project):
     import time
 
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["train"]["max_steps"] = 6
+    raw["train"]["max_steps"] = None
+    raw["stage1"]["epochs"] = 3  # 8 train rows / batch 4 = 2 steps an epoch: 6 steps
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     state = project / "models/stage1/last/state.json"
     old_key = json.loads(state.read_text())["run_key"]  # the first run's state (2 steps)
