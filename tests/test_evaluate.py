@@ -19,13 +19,7 @@ LONG = ("Paris is the capital and most populous city of France. It lies on the r
 UNICODE = "Le café crème coûte cher à Köln; 東京 est loin, Привет! " * 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ PROMPT = PromptConfig(instruction="Answer with a span.",
 CONTEXT, QUESTION = "The Seine flows through Paris.", "Which river flows through Paris?"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The curriculum on tiny models: kd cache -> stage1 (M=8) -> stage2 (M=6) -> stage3 (M=4) ->
 latent evaluation; resume after an interrupted stage; refusal of a mismatched checkpoint."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,6 @@ def test_stage_resumes_after_interruption(project, monkeypatch):
         return real_step(self, *a, **k)
 
     for p in ("models", "metrics"):
-        import shutil
         shutil.rmtree(project / p)
     monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
     with pytest.raises(KeyboardInterrupt):
