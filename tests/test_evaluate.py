@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 import tiny  # noqa: F401  (sets HF_HUB_OFFLINE before transformers is imported)
 from latentwire import evaluate
