@@ -116,15 +116,25 @@ class WireConfig:
 
 @dataclass
 class EncoderConfig:
-    """The seed's byte encoder: UTF-8 bytes -> transformer -> gated residual pooling -> Z."""
+    """The sender: prompt -> transformer -> gated residual pooling -> Z.
+
+    kind "bytes": the seed's byte encoder, UTF-8 bytes from scratch. kind "lm": the hidden
+    states of a frozen model slot (`feature_model`, layer `feature_layer`) reading the full
+    text prompt, then the same transformer + pooling (a pretrained-feature encoder)."""
+    kind: str = "bytes"              # bytes | lm
+    feature_model: str = ""          # lm: the model slot whose hidden states are the input
+    feature_layer: int = -1          # lm: index into hidden_states (-1: the last, after the norm)
     d_z: int = 256                   # encoder width
     layers: int = 6
     heads: int = 4
-    max_bytes: int = 1024            # longer prompts are cut (counted in metrics)
+    max_bytes: int = 1024            # longest input (bytes; lm: tokens); longer is cut and counted
     dropout: float = 0.0
     hint_buckets: int = 8            # answer-length hint classes, sent as hint_bytes
 
     def __post_init__(self):
+        _choice("kind", self.kind, ("bytes", "lm"))
+        if self.kind == "lm" and not self.feature_model:
+            raise ConfigError("encoder.feature_model: the lm encoder needs a model slot")
         if self.d_z % self.heads:
             raise ConfigError("encoder.d_z must be divisible by encoder.heads")
         if not 1 <= self.hint_buckets <= 256:
@@ -155,6 +165,8 @@ class TrainConfig:
     K_thresholds: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5])  # acc -> K+1
     hard_negative: bool = True       # weight KD towards wrong first tokens + uncertain teachers
     hint_weight: float = 0.1         # loss weight of the answer-length hint head
+    diversity_weight: float = 0.0    # weight of the mean pairwise cosine of Z across the batch
+    qat: bool = False                # train through wire.bits quantisation (straight-through)
     max_steps: int | None = None     # cap on optimiser steps per stage (tests, smoke runs)
 
 
@@ -205,6 +217,9 @@ class Params:
             for slot in getattr(self, key):
                 if slot not in self.models:
                     raise ConfigError(f"{key}.{slot}: no such model slot {list(self.models)}")
+        if self.encoder.kind == "lm" and self.encoder.feature_model not in self.models:
+            raise ConfigError(f"encoder.feature_model: no such model slot "
+                              f"{self.encoder.feature_model!r} {list(self.models)}")
 
     def stage(self, name: str) -> StageConfig:
         if name not in ("stage1", "stage2", "stage3"):

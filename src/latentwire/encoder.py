@@ -1,6 +1,8 @@
-"""The sender: a prompt's UTF-8 bytes -> latent slots Z plus a predicted answer-length hint.
+"""The sender: a prompt -> latent slots Z plus a predicted answer-length hint.
 
 bytes -> embedding + positions -> transformer -> gated residual pooling -> Z [B, S + n*P, d_wire]
+(kind "lm": a frozen model's hidden states (features.py) -> projection -> the same transformer
+and pooling; the frozen model already encodes order, so no positional table is learned.)
 Learned queries cross-attend to the byte features: S shared queries read by every model, then
 one group of P private queries per model slot (in `slots` order). Model `slot` reads
 slot_view(Z, slot) = the S shared rows followed by its own P rows, M = S + P in all.
@@ -60,13 +62,16 @@ def resize_rows(w: torch.Tensor, m: int) -> torch.Tensor:
 class LatentEncoder(nn.Module):
 
     def __init__(self, cfg: EncoderConfig, d_wire: int, M: int, shared_fraction: float,
-                 slots: list[str]):
+                 slots: list[str], feature_dim: int | None = None):
         super().__init__()
         d = cfg.d_z
         self.cfg, self.shared_fraction, self.slots = cfg, shared_fraction, list(slots)
         self.M, (self.S, self.P) = M, split_slots(M, shared_fraction)
-        self.byte_emb = nn.Embedding(257, d, padding_idx=0)
-        self.pos_emb = nn.Parameter(torch.randn(cfg.max_bytes, d) * INIT_STD)
+        if cfg.kind == "lm":
+            self.feat_in = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, d))
+        else:
+            self.byte_emb = nn.Embedding(257, d, padding_idx=0)
+            self.pos_emb = nn.Parameter(torch.randn(cfg.max_bytes, d) * INIT_STD)
         layer = nn.TransformerEncoderLayer(d, cfg.heads, 4 * d, cfg.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.body = nn.TransformerEncoder(layer, cfg.layers, norm=nn.LayerNorm(d),
@@ -85,13 +90,20 @@ class LatentEncoder(nn.Module):
     def queries(self) -> torch.Tensor:
         return torch.cat([self.shared_q, *(self.private_q[s] for s in self.slots)])
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids, mask [B, T] -> Z [B, S + n*P, d_wire], hint_logits [B, hint_buckets]."""
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Byte ids [B, T] or frozen features [B, T, H] -> [B, T, d_z]."""
+        if self.cfg.kind == "lm":
+            return self.feat_in(x)
+        return self.byte_emb(x) + self.pos_emb[:x.shape[1]]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (byte ids [B, T] or features [B, T, H]), mask [B, T] -> Z [B, S + n*P, d_wire],
+        hint_logits [B, hint_buckets]."""
         mask = mask.clone()
         mask[:, 0] |= ~mask.any(1)  # an empty prompt attends to one pad byte instead of nothing
         pad = ~mask
-        h = self.body(self.byte_emb(ids) + self.pos_emb[:ids.shape[1]], src_key_padding_mask=pad)
-        q = self.queries().expand(ids.shape[0], -1, -1)
+        h = self.body(self.embed(x), src_key_padding_mask=pad)
+        q = self.queries().expand(x.shape[0], -1, -1)
         a, _ = self.attn(q, h, h, key_padding_mask=pad, need_weights=False)
         pooled = q + torch.sigmoid(self.gate(torch.cat([q, a], -1))) * a
         Z = self.out(pooled + self.mlp(pooled))

@@ -30,6 +30,7 @@ from .config import Params, load_params
 from .io import read_jsonl, write_json, write_jsonl, write_text
 from .latent import LatentWire, Receiver
 from .llm import FrozenLLM, load_frozen
+from .losses import pairwise_cosine
 from .metrics import best_em, best_f1
 from .wire import cut_utf8, wire_bytes
 
@@ -121,33 +122,38 @@ def m_token_bytes(llm: FrozenLLM, rows: list[dict], M: int) -> float:
 
 def mean_pairwise_cosine(z: torch.Tensor) -> float:
     """Mean cosine between different examples' flattened Z: near 1 means one code for all."""
-    if z.shape[0] < 2:
-        return float("nan")
-    f = torch.nn.functional.normalize(z.flatten(1).float(), dim=-1)
-    sim = f @ f.T
-    n = f.shape[0]
-    return ((sim.sum() - sim.diagonal().sum()) / (n * (n - 1))).item()
+    return pairwise_cosine(z).item() if z.shape[0] >= 2 else float("nan")
 
 
 @torch.inference_mode()
-def latent_model(llm: FrozenLLM, lw: LatentWire, rows: list[dict], base: dict, wire: dict,
-                 params: Params, predictions: list[dict]) -> dict:
-    """Latent F1/EM at each precision per dataset, byte accounting and collapse diagnostics."""
-    rec, bs, result = Receiver(llm), params.evaluate.batch_size, {}
-    pred_rows = {(p["dataset"], p["id"]): p for p in predictions if p["model"] == llm.slot}
+def encode_all(lw: LatentWire, template, rows: list[dict], bs: int) -> dict:
+    """The sender, once for every receiver: per dataset Z, the predicted hint and the number
+    of prompts the encoder had to cut."""
+    out = {}
     for ds, ds_rows in by_dataset(rows).items():
-        texts = [llm.template.body(r["context"], r["question"]) for r in ds_rows]
+        texts = [template.body(r["context"], r["question"]) for r in ds_rows]
         zs, hints, cut = [], [], 0
-        for i in range(0, len(texts), bs):
+        for i in tqdm(range(0, len(texts), bs), desc=f"encode/{ds}", leave=False, disable=None):
             z, hint_logits, n_cut = lw.encode(texts[i:i + bs])
             zs.append(z)
             hints.append(hint_logits.argmax(-1))
             cut += sum(c > 0 for c in n_cut)
-        z, hint = torch.cat(zs), torch.cat(hints)
+        out[ds] = (torch.cat(zs), torch.cat(hints), cut)
+    return out
+
+
+@torch.inference_mode()
+def latent_model(llm: FrozenLLM, lw: LatentWire, rows: list[dict], encoded: dict, base: dict,
+                 wire: dict, params: Params, predictions: list[dict]) -> dict:
+    """Latent F1/EM at each precision per dataset, byte accounting and collapse diagnostics."""
+    rec, bs, result = Receiver(llm), params.evaluate.batch_size, {}
+    pred_rows = {(p["dataset"], p["id"]): p for p in predictions if p["model"] == llm.slot}
+    for ds, ds_rows in by_dataset(rows).items():
+        z, hint, cut = encoded[ds]
         res = {}
         for name, bits in PRECISIONS.items():
             preds = []
-            for i in range(0, len(texts), bs):
+            for i in range(0, len(ds_rows), bs):
                 soft = lw.soft_tokens(z[i:i + bs], hint[i:i + bs], llm.slot, bits)
                 preds += [clean(t) for t in rec.generate(soft, params.evaluate.max_new_tokens)]
             res[f"latent_{name}"] = {**score(preds, ds_rows), "distinct_ratio": len(set(preds)) / len(preds)}
@@ -233,8 +239,11 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
     else:
         saved = json.loads(Path(baselines_path).read_text(encoding="utf-8"))
         metrics, predictions = saved["metrics"], saved["predictions"]
-    lw = None
-    for slot, cfg in placement.resolve(params).models.items():  # null device_map: auto placement
+    lw, encoded = None, None
+    models = placement.resolve(params).models  # null device_map: auto placement
+    if params.encoder.kind == "lm":  # the feature model first: it encodes for every receiver
+        models = {s: models[s] for s in sorted(models, key=lambda s: s != params.encoder.feature_model)}
+    for slot, cfg in models.items():
         t0 = time.time()
         llm = load_frozen(slot, cfg, params.prompt, params.cache_dir)
         if part in ("text", "all"):
@@ -247,7 +256,12 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
                 lw = LatentWire(params, M, hidden=meta["hidden"], target_norm={s: 1.0 for s in params.models})
                 lw.load(checkpoint)
                 lw.eval()
-            for ds, res in latent_model(llm, lw, rows, metrics[slot], wire, params, predictions).items():
+                if params.encoder.kind == "lm":
+                    lw.attach(llm)
+                encoded = encode_all(lw, llm.template, rows, params.evaluate.batch_size)
+                lw.featurizer = None  # its model is freed below
+            for ds, res in latent_model(llm, lw, rows, encoded, metrics[slot], wire, params,
+                                        predictions).items():
                 metrics[slot][ds].update(res)
                 # here, not in the text part: data/eval/text_baselines.json stays as it was
                 metrics[slot][ds]["m_token"]["bytes"] = m_token_bytes(llm, [r for r in rows if r["dataset"] == ds], M)

@@ -18,12 +18,13 @@ from torch import nn
 from .adapter import Adapter
 from .config import Params
 from .encoder import LatentEncoder, encode_bytes
+from .features import Featurizer
 from .io import atomic_path, write_json
 from .llm import FrozenLLM
 from .wire import quantize
 
-ARCH_FIELDS = ("d_z", "layers", "heads", "max_bytes", "hint_buckets", "d_wire", "shared_fraction",
-               "slots", "hidden")
+ARCH_FIELDS = ("kind", "feature_model", "feature_layer", "d_z", "layers", "heads", "max_bytes",
+               "hint_buckets", "d_wire", "shared_fraction", "slots", "hidden")
 
 
 class LatentWire(nn.Module):
@@ -34,11 +35,14 @@ class LatentWire(nn.Module):
         slots = list(params.models)
         hidden = hidden or {s: llms[s].model.config.hidden_size for s in slots}
         target_norm = target_norm or {s: llms[s].embedding_stats()["mean_norm"] for s in slots}
-        self.arch = {"d_z": e.d_z, "layers": e.layers, "heads": e.heads, "max_bytes": e.max_bytes,
+        self.arch = {"kind": e.kind, "feature_model": e.feature_model,
+                     "feature_layer": e.feature_layer, "d_z": e.d_z, "layers": e.layers, "heads": e.heads, "max_bytes": e.max_bytes,
                      "hint_buckets": e.hint_buckets, "d_wire": w.d_wire,
                      "shared_fraction": w.shared_fraction, "slots": slots, "hidden": hidden}
-        self.group_size = w.group_size
-        self.encoder = LatentEncoder(e, w.d_wire, M, w.shared_fraction, slots)
+        self.group_size, self.bits = w.group_size, w.bits
+        self.featurizer = None  # kind "lm": a features.Featurizer (not a module: never trained or saved)
+        self.encoder = LatentEncoder(e, w.d_wire, M, w.shared_fraction, slots,
+                                     hidden.get(e.feature_model) if e.kind == "lm" else None)
         self.adapters = nn.ModuleDict({s: Adapter(w.d_wire, hidden[s], M, e.hint_buckets, target_norm[s])
                                        for s in slots})
 
@@ -51,11 +55,20 @@ class LatentWire(nn.Module):
         for a in self.adapters.values():
             a.resize(M)
 
+    def attach(self, llm: FrozenLLM) -> None:
+        """kind "lm": the frozen feature model (models.<encoder.feature_model>) to read prompts with."""
+        self.featurizer = Featurizer(llm, self.arch["feature_layer"], self.arch["max_bytes"])
+
     def encode(self, texts: list[str]):
-        """Z [B, S+n*P, d_wire], hint logits, and bytes cut per text."""
-        ids, mask, n_cut = encode_bytes(texts, self.arch["max_bytes"])
+        """Z [B, S+n*P, d_wire], hint logits, and bytes (lm: tokens) cut per text."""
+        if self.arch["kind"] == "lm":
+            if self.featurizer is None:
+                raise RuntimeError("the lm encoder needs its feature model: call attach(llm) first")
+            x, mask, n_cut = self.featurizer(texts)
+        else:
+            x, mask, n_cut = encode_bytes(texts, self.arch["max_bytes"])
         dev = next(self.parameters()).device
-        z, hint_logits = self.encoder(ids.to(dev), mask.to(dev))
+        z, hint_logits = self.encoder(x.to(dev), mask.to(dev))
         return z, hint_logits, n_cut
 
     def soft_tokens(self, z, hint, slot: str, bits: int | None = None, qat: bool = False):
@@ -68,12 +81,14 @@ class LatentWire(nn.Module):
                               quantize(view[:, S:], bits, self.group_size, qat)], dim=1)
         return self.adapters[slot](view, hint)
 
-    def forward(self, texts: list[str]):
+    def forward(self, texts: list[str], qat: bool = False):
         """The training path in one call (what DistributedDataParallel wraps): Z, hint logits
-        and every slot's soft tokens, fed the sender's own predicted hint."""
+        and every slot's soft tokens, fed the sender's own predicted hint. qat: through the
+        wire's quantisation at wire.bits, with straight-through gradients."""
         z, hint_logits, _ = self.encode(texts)
         hint = hint_logits.argmax(-1)
-        return z, hint_logits, {s: self.soft_tokens(z, hint, s) for s in self.adapters}
+        bits = self.bits if qat else None
+        return z, hint_logits, {s: self.soft_tokens(z, hint, s, bits, qat) for s in self.adapters}
 
     # ------------------------------------------------------------ checkpoints
     def save(self, folder: str | Path, extra: dict | None = None) -> None:

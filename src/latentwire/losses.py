@@ -70,3 +70,16 @@ def hard_negative_weights(first_correct: torch.Tensor, entropy: torch.Tensor,
 def first_token_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """1.0 where the argmax at position 0 is target 0, else 0.0 [B]."""
     return (logits[:, 0].argmax(-1) == targets[:, 0]).float()
+
+
+def pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
+    """Mean cosine between different examples' flattened codes z [B, ...] (differentiable).
+
+    Near 1: one code for every input (the collapse the predecessor hit). As a loss term
+    (train.diversity_weight) it pushes the shared constant out of Z."""
+    if z.shape[0] < 2:
+        return z.new_zeros(())
+    f = F.normalize(z.flatten(1).float(), dim=-1)
+    sim = f @ f.T
+    n = f.shape[0]
+    return (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))

@@ -37,7 +37,7 @@ from .io import atomic_path, read_jsonl, write_json, write_text
 from .kd import cache_key, file_sha256, load_cache, teacher_hash
 from .latent import LatentWire, Receiver
 from .llm import load_frozen
-from .losses import ce_loss, first_token_correct, hard_negative_weights, kd_loss, teacher_entropy
+from .losses import pairwise_cosine, ce_loss, first_token_correct, hard_negative_weights, kd_loss, teacher_entropy
 
 PREVIOUS = {"stage1": None, "stage2": "stage1", "stage3": "stage2"}
 logging.getLogger("dvclive").setLevel(logging.ERROR)  # quiet: no dvclive notices in the stage log
@@ -117,6 +117,8 @@ class Stage:
             self.kd[s] = ({i: n for n, i in enumerate(cache["ids"])}, cache)
             kd_keys[s] = key
         self.model = LatentWire(params, self.sc.M, self.llms)
+        if params.encoder.kind == "lm":
+            self.model.attach(self.llms[params.encoder.feature_model])
         prev = PREVIOUS[stage]
         self.prev_meta = self.model.load(root / "models" / prev / "best") if prev else None
         self.key = run_key(params, stage, self.prev_meta, kd_keys)
@@ -147,12 +149,14 @@ class Stage:
         """Summed loss over model slots and the per-slot numbers for the curves."""
         p, sc = self.params, self.sc
         texts = [self.llms[next(iter(self.llms))].template.body(r["context"], r["question"]) for r in rows]
-        z, hint_logits, softs = self.net(texts)  # soft tokens fed the sender's own predicted hint
+        z, hint_logits, softs = self.net(texts, p.train.qat)  # fed the sender's own predicted hint
         gold_hint = torch.tensor([hint_bucket(len(r["answers"][0].split()), p.encoder.hint_buckets)
                                   for r in rows], device=z.device)
         hint = hint_logits.argmax(-1)  # the sender's own prediction, as at evaluation time
         total = p.train.hint_weight * torch.nn.functional.cross_entropy(hint_logits, gold_hint)
-        logs = {"hint_acc": (hint == gold_hint).float().mean().item()}
+        z_cos = pairwise_cosine(z)
+        total = total + p.train.diversity_weight * z_cos
+        logs = {"hint_acc": (hint == gold_hint).float().mean().item(), "z_cos": z_cos.item()}
         for slot, rec in self.receivers.items():
             t = {k: v[:, :K].to(z.device) for k, v in self.targets(slot, rows).items()}
             logits = rec.answer_logits(softs[slot], t["answer_ids"])
