@@ -156,6 +156,7 @@ class TrainConfig:
     hard_negative: bool = True       # weight KD towards wrong first tokens + uncertain teachers
     hint_weight: float = 0.1         # loss weight of the answer-length hint head
     max_steps: int | None = None     # cap on optimiser steps per stage (tests, smoke runs)
+    deterministic: bool = False      # deterministic GPU kernels (slower; README "Determinism")
 
 
 @dataclass
