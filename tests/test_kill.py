@@ -118,6 +118,11 @@ def outputs(project: Path, stage: str) -> dict:
             "frontier": (project / "metrics/frontier.csv").read_text()}
 
 
+def leftovers(project: Path) -> list[Path]:
+    """Temp files and folders of the atomic writes (io.atomic_path / atomic_dir)."""
+    return [p for p in project.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+
+
 def same(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return a.dtype == b.dtype and torch.equal(a, b)
@@ -180,9 +185,10 @@ def test_killed_stage_resumes_to_the_same_outputs(base, tmp_path, stage, sig):
     assert proc.returncode == (143 if sig == signal.SIGTERM else -signal.SIGKILL), killed[-3000:]
     if sig == signal.SIGTERM:  # a clean stop: one line that says what was saved, no temp files
         assert "SIGTERM" in killed and "rerun to resume" in killed, killed[-3000:]
-        assert not [p for p in project.rglob("*") if p.name.endswith(".tmp")]
+        assert not leftovers(project)
 
     again = finish(cli(project, stage))
+    assert not leftovers(project)  # what a SIGKILL left half-written is gone after the rerun
     if stage == "kd":
         assert not (project / "data/kd/llama.partial").exists()  # deleted once the slot is written
         assert "teacher-kd-cache: llama: resumed" in again

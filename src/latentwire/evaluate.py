@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import placement
 from .config import ModelConfig, Params, load_params
-from .io import read_jsonl, write_json, write_jsonl, write_text
+from .io import read_jsonl, remove_temp_files, write_json, write_jsonl, write_text
 from .latent import LatentWire, Receiver
 from .llm import FrozenLLM, load_frozen
 from .signals import stop_requests
@@ -250,9 +250,11 @@ def load_unit(path: Path, slot: str, metrics: dict, predictions: list[dict]) -> 
 
 
 def save_unit(path: Path, slot: str, part: str, metrics: dict, predictions: list[dict]) -> None:
-    """Write the unit atomically; the slot's units for other settings go."""
+    """Write the unit atomically; the slot's units for other settings and a killed write's temp
+    files go."""
     write_json(path, {"metrics": metrics[slot], "wall_s": {f"{part}/{slot}": metrics["wall_s"][f"{part}/{slot}"]},
                       "predictions": [p for p in predictions if p["model"] == slot]})
+    remove_temp_files(path.parent)
     for old in path.parent.glob("*.json"):
         if old != path and old.stem.rsplit("-", 1)[0] == slot:
             old.unlink(missing_ok=True)

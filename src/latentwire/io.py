@@ -37,8 +37,8 @@ def atomic_dir(path: str | Path):
 
     The files inside are meant to be written with the helpers here. The old folder is renamed
     to `.<name>.old` first and deleted once the new one is in place, so a kill at any moment
-    leaves one whole folder: `path`, or `.<name>.old` (see `whole_dir`). Leftovers of a killed
-    write are removed by the next one."""
+    leaves one whole folder: `path`, or `.<name>.old` (`restore_dir` puts it back). Leftovers of
+    a killed write are removed by the next one."""
     path = Path(path)
     tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -60,11 +60,26 @@ def atomic_dir(path: str | Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def whole_dir(path: str | Path) -> Path:
-    """`path`, or the previous version that `atomic_dir` kept if a kill fell between its renames."""
+def restore_dir(path: str | Path) -> Path:
+    """Before reading a folder `atomic_dir` writes: drop a killed write's half-made `.<name>.tmp`
+    and, if the kill fell between the two renames, put the previous folder back."""
     path = Path(path)
     old = path.with_name(f".{path.name}.old")
-    return old if not path.exists() and old.exists() else path
+    shutil.rmtree(path.with_name(f".{path.name}.tmp"), ignore_errors=True)
+    if not path.exists() and old.exists():
+        try:
+            os.replace(old, path)
+        except FileNotFoundError:
+            pass  # another rank put it back first
+    return path
+
+
+def remove_temp_files(folder: str | Path) -> None:
+    """Delete what `atomic_path` leaves when a write is SIGKILLed (hidden `.<name>.*.tmp`
+    files), e.g. in a persist: true DVC output that would otherwise keep them."""
+    for f in Path(folder).glob(".*.tmp"):
+        if f.is_file():
+            f.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str) -> None:

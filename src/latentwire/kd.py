@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from .config import ModelConfig, Params, load_params
-from .io import atomic_path, read_jsonl, write_json
+from .io import atomic_path, read_jsonl, remove_temp_files, write_json
 from .llm import PromptTemplate, build_template, load_frozen, model_folder
 from .placement import resolve as auto_place
 from .signals import StopRequest, stop_requests
@@ -198,6 +198,7 @@ def read_partial(folder: Path, key: str) -> dict[int, tuple[torch.Tensor, torch.
     """The batches a killed build with this key finished: row -> (top_idx, top_logp). Chunks
     of another key (stale) or unreadable ones are deleted."""
     done = {}
+    remove_temp_files(folder)
     for f in sorted(folder.glob("*.safetensors")):
         try:
             with safe_open(str(f), framework="pt") as c:
@@ -276,6 +277,7 @@ def main(params_path: str = "params.yaml", train_path: str = "data/mix/train.jso
     torch.manual_seed(params.seed)
     rows = read_jsonl(train_path)
     result = {}
+    remove_temp_files(out_dir)  # a write SIGKILLed half-way leaves its temp file
     for slot, cfg in params.models.items():
         # the student's tokenizer and template: cheap to load, and all the key needs
         tokenizer = AutoTokenizer.from_pretrained(model_folder(cfg, params.cache_dir))

@@ -35,7 +35,7 @@ from transformers import get_cosine_schedule_with_warmup
 from . import launch, placement
 from .config import Params, load_params
 from .encoder import hint_bucket
-from .io import atomic_dir, atomic_path, read_jsonl, whole_dir, write_json, write_text
+from .io import atomic_dir, atomic_path, read_jsonl, restore_dir, write_json, write_text
 from .kd import cache_key, file_sha256, load_cache, teacher_hash
 from .latent import LatentWire, Receiver
 from .llm import load_frozen
@@ -325,7 +325,8 @@ class Stage:
                                              "sched": self.sched.state_dict(), "events": self.events})
 
     def try_resume(self) -> int | None:
-        last = whole_dir(self.out / "last")
+        restore_dir(self.out / "best")  # after a kill in the middle of a folder swap (io.atomic_dir)
+        last = restore_dir(self.out / "last")
         try:
             state = json.loads((last / "state.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
