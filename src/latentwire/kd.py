@@ -305,7 +305,8 @@ def main(params_path: str = "params.yaml", train_path: str = "data/mix/train.jso
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--train", default="data/mix/train.jsonl", help="train mix written by prepare-mix")
-    p.add_argument("--out", default="data/kd", help="output folder: <slot>.safetensors + <slot>.json")
+    p.add_argument("--out", default="data/kd", help="output folder: <slot>.safetensors + <slot>.json (and <slot>.partial/, the "
+                        "finished batches of a killed build, until the slot is done)")
 
 
 def run(args: argparse.Namespace) -> None:
