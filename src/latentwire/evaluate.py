@@ -252,7 +252,8 @@ def load_unit(path: Path, slot: str, metrics: dict, predictions: list[dict]) -> 
 def save_unit(path: Path, slot: str, part: str, metrics: dict, predictions: list[dict]) -> None:
     """Write the unit atomically; the slot's units for other settings and a killed write's temp
     files go."""
-    write_json(path, {"metrics": metrics[slot], "wall_s": {f"{part}/{slot}": metrics["wall_s"][f"{part}/{slot}"]},
+    wall = f"{part}/{slot}"
+    write_json(path, {"metrics": metrics[slot], "wall_s": {wall: metrics["wall_s"][wall]},
                       "predictions": [p for p in predictions if p["model"] == slot]})
     remove_temp_files(path.parent)
     for old in path.parent.glob("*.json"):

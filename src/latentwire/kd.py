@@ -204,8 +204,9 @@ def read_partial(folder: Path, key: str) -> dict[int, tuple[torch.Tensor, torch.
             with safe_open(str(f), framework="pt") as c:
                 if (c.metadata() or {}).get("key") != key:
                     raise ValueError("stale")
-                rows, ti, tl = json.loads(c.metadata()["rows"]), c.get_tensor("top_idx"), c.get_tensor("top_logp")
-            done.update({r: (ti[j], tl[j]) for j, r in enumerate(rows)})
+                rows, top_idx, top_logp = (json.loads(c.metadata()["rows"]), c.get_tensor("top_idx"),
+                                           c.get_tensor("top_logp"))
+            done.update({r: (top_idx[j], top_logp[j]) for j, r in enumerate(rows)})
         except Exception:  # noqa: BLE001 - a chunk we cannot trust is recomputed
             f.unlink(missing_ok=True)
     return done

@@ -32,7 +32,7 @@ class StopRequest:
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else ""
+        return signal.Signals(self.signum or signal.SIGTERM).name  # a rank stopped by another: SIGTERM
 
     def exit(self, message: str):
         print(message, flush=True)
