@@ -1,6 +1,7 @@
 """The curriculum on tiny models: kd cache -> stage1 (M=8) -> stage2 (M=6) -> stage3 (M=4) ->
 latent evaluation; resume after an interrupted stage; refusal of a mismatched checkpoint."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -131,3 +132,40 @@ def test_mismatched_checkpoint_is_refused(project, monkeypatch):
     lw = LatentWire(params, 8, hidden={"llama": 32, "qwen": 32}, target_norm={"llama": 1.0, "qwen": 1.0})
     with pytest.raises(ValueError, match=r"d_z: checkpoint 32 != params 64"):
         lw.load(project / "models/stage1/best")
+
+
+def test_deterministic_flag_reaches_torch(project, monkeypatch):
+    """train.deterministic: true turns on torch's deterministic algorithms (and cuBLAS's
+    workspace setting, cudnn) in the stage's setup; training still runs on CPU."""
+    monkeypatch.chdir(project)
+    kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["train"].update(deterministic=True, max_steps=1)
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # restored after the test
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    assert not torch.are_deterministic_algorithms_enabled()
+    try:
+        st = train.Stage(load_params("params.yaml"), "stage1", project)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        st.fit()
+        assert st.step == 1
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+
+@pytest.mark.parametrize("train_section, match", [
+    ({"determinstic": True}, r"unknown key\(s\) \['params.train.determinstic'\]"),
+    ({"deterministic": "yes"}, r"params.train.deterministic: expected bool"),
+])
+def test_deterministic_key_is_checked(tmp_path, train_section, match):
+    from latentwire.config import ConfigError
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"].update(train_section)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=match):
+        load_params(tmp_path / "p.yaml")
+    assert load_params(REPO / "params.yaml").train.deterministic is False

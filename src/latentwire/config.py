@@ -168,6 +168,7 @@ class TrainConfig:
     diversity_weight: float = 0.0    # weight of the mean pairwise cosine of Z across the batch
     qat: bool = False                # train through wire.bits quantisation (straight-through)
     max_steps: int | None = None     # cap on optimiser steps per stage (tests, smoke runs)
+    deterministic: bool = False      # deterministic GPU kernels (slower; README "Determinism")
 
 
 @dataclass

@@ -11,11 +11,18 @@ Baselines, all with the same prompt template and greedy decoding:
 The question is always sent whole, so both cut baselines get a little more than their budget.
 Beside metrics/eval.json the latent part writes metrics/frontier.csv (model, dataset, variant,
 bytes, f1, em: one row per model x dataset x variant) for `dvc plots` and `latentwire plots`.
+
+Resume: each finished (part, model slot) unit, its metrics and predictions, is saved at once to
+data/eval/partial/<part>/<slot>-<hash>.json (see `unit_path`); a killed run, rerun, reuses the
+finished units and redoes only the unfinished slot. SIGTERM / SIGINT stop at once with 143 / 130
+(a unit is too long to wait for; the finished ones are already on disk).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import time
@@ -26,12 +33,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import placement
-from .config import Params, load_params
-from .io import read_jsonl, write_json, write_jsonl, write_text
+from .config import ModelConfig, Params, load_params
+from .io import read_jsonl, remove_temp_files, write_json, write_jsonl, write_text
 from .latent import LatentWire, Receiver
 from .llm import FrozenLLM, load_frozen
 from .losses import pairwise_cosine
 from .metrics import best_em, best_f1
+from .signals import stop_requests
 from .wire import cut_utf8, wire_bytes
 
 PRECISIONS = {"fp16": 16, "int8": 8, "int4": 4}
@@ -209,6 +217,56 @@ def write_frontier(path: str | Path, metrics: dict, slots) -> None:
     write_text(path, buf.getvalue())
 
 
+def partial_folder(part: str, baselines_path: str | Path, predictions_path: str | Path) -> Path:
+    """data/eval/partial/<part>: beside the part's output (a persist: true DVC output)."""
+    return Path(baselines_path if part == "text" else predictions_path).with_name("partial") / part
+
+
+def unit_inputs(part: str, eval_path, checkpoint, baselines_path) -> list[Path]:
+    """The files a unit's numbers come from: the eval file; the checkpoint unless part is text;
+    the saved baselines for part latent."""
+    ckpt = [] if part == "text" else [Path(checkpoint) / "model.safetensors", Path(checkpoint) / "meta.json"]
+    return [Path(eval_path), *ckpt, *([Path(baselines_path)] if part == "latent" else [])]
+
+
+def unit_path(folder: Path, part: str, slot: str, cfg: ModelConfig, params: Params, files: list) -> Path:
+    """<folder>/<slot>-<hash>.json for one (part, model slot) unit. The hash covers what the
+    unit's numbers depend on: the slot's resolved model config, the prompt, wire, encoder, M,
+    evaluate params, seed and slot list, and the sha256 of `files` (the eval file, for the
+    latent also the checkpoint and the saved baselines) and of this package's code."""
+    h = hashlib.sha256(json.dumps(
+        {"part": part, "slot": slot, "model": dataclasses.asdict(cfg), "slots": list(params.models),
+         **{k: dataclasses.asdict(getattr(params, k)) for k in ("prompt", "wire", "encoder", "evaluate")},
+         "M": params.stage3.M, "seed": params.seed}, sort_keys=True).encode())
+    for f in [*files, *sorted(Path(__file__).parent.glob("*.py"))]:
+        h.update(Path(f).read_bytes())
+    return folder / f"{slot}-{h.hexdigest()[:16]}.json"
+
+
+def load_unit(path: Path, slot: str, metrics: dict, predictions: list[dict]) -> bool:
+    """Put a finished unit's metrics and predictions in place; False if there is none."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    metrics[slot], metrics["wall_s"] = saved["metrics"], {**metrics["wall_s"], **saved["wall_s"]}
+    predictions[:] = [p for p in predictions if p["model"] != slot] + saved["predictions"]
+    print(f"evaluate: {slot}: reused finished unit {path}")
+    return True
+
+
+def save_unit(path: Path, slot: str, part: str, metrics: dict, predictions: list[dict]) -> None:
+    """Write the unit atomically; the slot's units for other settings and a killed write's temp
+    files go."""
+    wall = f"{part}/{slot}"
+    write_json(path, {"metrics": metrics[slot], "wall_s": {wall: metrics["wall_s"][wall]},
+                      "predictions": [p for p in predictions if p["model"] == slot]})
+    remove_temp_files(path.parent)
+    for old in path.parent.glob("*.json"):
+        if old != path and old.stem.rsplit("-", 1)[0] == slot:
+            old.unlink(missing_ok=True)
+
+
 def load_rows(path: str, max_examples: int | None) -> list[dict]:
     rows, seen = [], defaultdict(int)
     for r in read_jsonl(path):
@@ -239,12 +297,17 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
     else:
         saved = json.loads(Path(baselines_path).read_text(encoding="utf-8"))
         metrics, predictions = saved["metrics"], saved["predictions"]
-    lw, encoded = None, None
+    lw, encoded, partial = None, None, partial_folder(part, baselines_path, predictions_path)
+    unit_files = unit_inputs(part, eval_path, checkpoint, baselines_path)
     models = placement.resolve(params).models  # null device_map: auto placement
-    if params.encoder.kind == "lm":  # the feature model first: it encodes for every receiver
-        models = {s: models[s] for s in sorted(models, key=lambda s: s != params.encoder.feature_model)}
+    fm = params.encoder.feature_model if params.encoder.kind == "lm" else None
+    if fm:  # the feature model first: it encodes for every receiver
+        models = {s: models[s] for s in sorted(models, key=lambda s: s != fm)}
     for slot, cfg in models.items():
         t0 = time.time()
+        unit = unit_path(partial, part, slot, cfg, params, unit_files)
+        if load_unit(unit, slot, metrics, predictions):
+            continue
         llm = load_frozen(slot, cfg, params.prompt, params.cache_dir)
         if part in ("text", "all"):
             metrics[slot] = evaluate_model(llm, rows, M, B, params.evaluate.max_new_tokens,
@@ -256,16 +319,18 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
                 lw = LatentWire(params, M, hidden=meta["hidden"], target_norm={s: 1.0 for s in params.models})
                 lw.load(checkpoint)
                 lw.eval()
-                if params.encoder.kind == "lm":
-                    lw.attach(llm)
+                if fm:  # the feature model's own unit may have been reused: then load it here
+                    lw.attach(llm if slot == fm else load_frozen(fm, models[fm], params.prompt,
+                                                                 params.cache_dir))
                 encoded = encode_all(lw, llm.template, rows, params.evaluate.batch_size)
-                lw.featurizer = None  # its model is freed below
+                lw.featurizer = None  # free the feature model
             for ds, res in latent_model(llm, lw, rows, encoded, metrics[slot], wire, params,
                                         predictions).items():
                 metrics[slot][ds].update(res)
                 # here, not in the text part: data/eval/text_baselines.json stays as it was
                 metrics[slot][ds]["m_token"]["bytes"] = m_token_bytes(llm, [r for r in rows if r["dataset"] == ds], M)
         metrics["wall_s"][f"{part}/{slot}"] = round(time.time() - t0, 1)
+        save_unit(unit, slot, part, metrics, predictions)
         print(f"evaluate ({part}): {slot} done in {time.time() - t0:.0f}s")
         del llm
     if part == "text":
@@ -295,5 +360,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    main(args.params, args.eval, args.metrics, args.predictions, args.part, args.baselines, args.checkpoint,
-         args.frontier)
+    partial = partial_folder(args.part, args.baselines, args.predictions)
+    with stop_requests(at_once=True, message=f"evaluate ({args.part}): {{signal}}: finished units are "
+                                             f"kept in {partial}, rerun to resume"):
+        main(args.params, args.eval, args.metrics, args.predictions, args.part, args.baselines,
+             args.checkpoint, args.frontier)

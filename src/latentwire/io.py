@@ -1,8 +1,9 @@
-"""Atomic file writes: a file appears whole or not at all (tmp, fsync, rename)."""
+"""Atomic writes: a file (or a folder of files) appears whole or not at all (tmp, fsync, rename)."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,57 @@ def atomic_path(path: str | Path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_dir(path: str | Path):
+    """Yield an empty folder `.<name>.tmp` beside `path`; on success swap it in for `path`.
+
+    The files inside are meant to be written with the helpers here. The old folder is renamed
+    to `.<name>.old` first and deleted once the new one is in place, so a kill at any moment
+    leaves one whole folder: `path`, or `.<name>.old` (`restore_dir` puts it back). Leftovers of
+    a killed write are removed by the next one."""
+    path = Path(path)
+    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)  # path is whole, so an old copy is stale
+        os.replace(path, old)
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the renames themselves survive a power cut
+    finally:
+        os.close(fd)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_dir(path: str | Path) -> Path:
+    """Before reading a folder `atomic_dir` writes: drop a killed write's half-made `.<name>.tmp`
+    and, if the kill fell between the two renames, put the previous folder back."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(path.with_name(f".{path.name}.tmp"), ignore_errors=True)
+    if not path.exists() and old.exists():
+        try:
+            os.replace(old, path)
+        except FileNotFoundError:
+            pass  # another rank put it back first
+    return path
+
+
+def remove_temp_files(folder: str | Path) -> None:
+    """Delete what `atomic_path` leaves when a write is SIGKILLed (hidden `.<name>.*.tmp`
+    files), e.g. in a persist: true DVC output that would otherwise keep them."""
+    for f in Path(folder).glob(".*.tmp"):
+        if f.is_file():
+            f.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str) -> None:

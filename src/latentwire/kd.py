@@ -30,6 +30,11 @@ Output per slot: data/kd/<slot>.safetensors with
   answer_mask bool    [N, K_max]      True on real answer tokens
 and header metadata {key, ids, n, k, K_max}; `key` (see cache_key) lets a rerun reuse the file
 and lets training refuse a stale cache. data/kd/<slot>.json repeats the metadata plus wall time.
+
+Resume: every finished batch is written at once (atomically) to data/kd/<slot>.partial/ with the
+cache key; a killed build rerun with the same key reuses those batches and computes the rest, and
+the folder is deleted when <slot>.safetensors is written. SIGTERM / SIGINT finish the batch in
+progress, save it and exit with 143 / 130.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ import argparse
 import hashlib
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -47,9 +53,10 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from .config import ModelConfig, Params, load_params
-from .io import atomic_path, read_jsonl, write_json
+from .io import atomic_path, read_jsonl, remove_temp_files, write_json
 from .llm import PromptTemplate, build_template, load_frozen, model_folder
 from .placement import resolve as auto_place
+from .signals import StopRequest, stop_requests
 
 TENSORS = ("top_idx", "top_logp", "answer_ids", "answer_mask")
 
@@ -187,9 +194,28 @@ def teacher_logp(teachers, prompts: list[list[int]], answers: list[list[int]], K
     return mixture - math.log(len(logps))
 
 
+def read_partial(folder: Path, key: str) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The batches a killed build with this key finished: row -> (top_idx, top_logp). Chunks
+    of another key (stale) or unreadable ones are deleted."""
+    done = {}
+    remove_temp_files(folder)
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as c:
+                if (c.metadata() or {}).get("key") != key:
+                    raise ValueError("stale")
+                rows, top_idx, top_logp = (json.loads(c.metadata()["rows"]), c.get_tensor("top_idx"),
+                                           c.get_tensor("top_logp"))
+            done.update({r: (top_idx[j], top_logp[j]) for j, r in enumerate(rows)})
+        except Exception:  # noqa: BLE001 - a chunk we cannot trust is recomputed
+            f.unlink(missing_ok=True)
+    return done
+
+
 def build_slot(params: Params, slot: str, tokenizer, template: PromptTemplate, rows: list[dict],
-               key: str, out_path: Path, t_hash: str = "") -> dict:
-    """Run the slot's teachers over every example and write the cache atomically."""
+               key: str, out_path: Path, t_hash: str = "", stop: StopRequest | None = None) -> dict:
+    """Run the slot's teachers over every example (resuming from <slot>.partial/) and write the
+    cache atomically. `stop` set (SIGTERM/SIGINT): exit after saving the batch in progress."""
     t0 = time.time()
     k, K_max, bs = params.kd.k, params.kd.K_max, params.kd.batch_size
     teachers = []
@@ -209,14 +235,30 @@ def build_slot(params: Params, slot: str, tokenizer, template: PromptTemplate, r
     for i, a in enumerate(answers):
         answer_ids[i, :len(a)], answer_mask[i, :len(a)] = torch.tensor(a), True
     order = sorted(range(N), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
-    for start in tqdm(range(0, N, bs), desc=f"kd/{slot}", leave=False, disable=None, unit="batch"):
+    partial = out_path.with_name(f"{slot}.partial")
+    done, n_batches = read_partial(partial, key), math.ceil(N / bs)
+    reused = sum(all(i in done for i in order[s:s + bs]) for s in range(0, N, bs))
+    if reused:
+        print(f"teacher-kd-cache: {slot}: resumed {reused}/{n_batches} batches from {partial}")
+    for b, start in enumerate(tqdm(range(0, N, bs), desc=f"kd/{slot}", leave=False, disable=None,
+                                   unit="batch")):
         idx = order[start:start + bs]
+        if all(i in done for i in idx):  # the same batch as before the kill: the same numbers
+            top_idx[idx] = torch.stack([done[i][0] for i in idx])
+            top_logp[idx] = torch.stack([done[i][1] for i in idx])
+            continue
         logp = teacher_logp(teachers, [prompts[i] for i in idx], [answers[i] for i in idx],
                             K_max, pad_id)
         values, indices = logp.topk(k, dim=-1)
         keep = answer_mask[idx].unsqueeze(-1)
         top_logp[idx] = values.where(keep, 0.0)
         top_idx[idx] = indices.to(torch.int32).where(keep, 0)
+        with atomic_path(partial / f"{start:08d}.safetensors") as tmp:
+            save_file({"top_idx": top_idx[idx], "top_logp": top_logp[idx]}, str(tmp),
+                      metadata={"key": key, "rows": json.dumps(idx)})
+        if stop:
+            stop.exit(f"teacher-kd-cache: {stop.name} at {slot} batch {b + 1}/{n_batches}: saved "
+                      f"{partial}, rerun to resume")
     meta = {"key": key, "ids": json.dumps([r["id"] for r in rows]), "n": str(N), "k": str(k),
             "K_max": str(K_max), "teacher_hash": t_hash}
     tensors = {"top_idx": top_idx, "top_logp": top_logp, "answer_ids": answer_ids,
@@ -226,6 +268,7 @@ def build_slot(params: Params, slot: str, tokenizer, template: PromptTemplate, r
     info = {**meta, "ids": json.loads(meta["ids"]), "teachers": [t.name for t in teachers],
             "devices": [str(t.device) for t in teachers], "wall_s": round(time.time() - t0, 1)}
     write_json(out_path.with_suffix(".json"), info)
+    shutil.rmtree(partial, ignore_errors=True)
     return info
 
 
@@ -235,6 +278,7 @@ def main(params_path: str = "params.yaml", train_path: str = "data/mix/train.jso
     torch.manual_seed(params.seed)
     rows = read_jsonl(train_path)
     result = {}
+    remove_temp_files(out_dir)  # a write SIGKILLed half-way leaves its temp file
     for slot, cfg in params.models.items():
         # the student's tokenizer and template: cheap to load, and all the key needs
         tokenizer = AutoTokenizer.from_pretrained(model_folder(cfg, params.cache_dir))
@@ -244,12 +288,14 @@ def main(params_path: str = "params.yaml", train_path: str = "data/mix/train.jso
         out_path = Path(out_dir) / f"{slot}.safetensors"
         try:
             load_cache(out_path, key)
+            shutil.rmtree(out_path.with_name(f"{slot}.partial"), ignore_errors=True)  # a kill's leftover
             print(f"teacher-kd-cache: {slot}: reused {out_path} (key {key[:12]})")
             result[slot] = {"path": str(out_path), "key": key, "teacher_hash": t_hash, "reused": True}
             continue
         except ValueError:
             pass  # missing, stale or broken: build it
-        info = build_slot(params, slot, tokenizer, template, rows, key, out_path, t_hash)
+        with stop_requests() as stop:  # SIGTERM/SIGINT: save the batch in progress, exit 143/130
+            info = build_slot(params, slot, tokenizer, template, rows, key, out_path, t_hash, stop)
         print(f"teacher-kd-cache: {slot}: wrote {out_path} ({info['n']} examples, "
               f"{info['wall_s']:.0f}s)")
         result[slot] = {"path": str(out_path), "key": key, "teacher_hash": t_hash, "reused": False,
@@ -260,7 +306,8 @@ def main(params_path: str = "params.yaml", train_path: str = "data/mix/train.jso
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--train", default="data/mix/train.jsonl", help="train mix written by prepare-mix")
-    p.add_argument("--out", default="data/kd", help="output folder: <slot>.safetensors + <slot>.json")
+    p.add_argument("--out", default="data/kd", help="output folder: <slot>.safetensors + <slot>.json (and <slot>.partial/, the "
+                        "finished batches of a killed build, until the slot is done)")
 
 
 def run(args: argparse.Namespace) -> None:

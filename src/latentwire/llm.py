@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .config import ModelConfig, PromptConfig
+from .io import atomic_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BODY = "Context: {context}\nQuestion: {question}"
@@ -66,13 +67,10 @@ def assemble_gguf(cfg: ModelConfig, out: Path) -> Path:
                          f"expects {cfg.gguf_sha256}, the file has {digest}")
     if len(parts) == 1:
         return parts[0]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    with open(tmp, "wb") as dst:
+    with atomic_path(out) as tmp, open(tmp, "wb") as dst:  # closed (flushed) before the rename
         for p in parts:
             with open(p, "rb") as src:
                 shutil.copyfileobj(src, dst, 1 << 22)
-    os.replace(tmp, out)
     return out
 
 

@@ -19,6 +19,8 @@ import math
 import sys
 from pathlib import Path
 
+from .io import atomic_path
+
 DPI = 100
 CURVE_SIZE = (12.0, 8.0)          # one 2 x 2 figure per stage
 FRONTIER_PANEL = (4.5, 3.5)       # per model x dataset panel
@@ -56,6 +58,11 @@ def new_figure(size: tuple[float, float]):
     fig = Figure(figsize=size, dpi=DPI)
     FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
     return fig
+
+
+def save_figure(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:  # a PNG appears whole or not at all
+        fig.savefig(tmp, format="png")
 
 
 def plot_curves(curve_csv: Path, out: Path) -> Path:
@@ -98,7 +105,7 @@ def plot_curves(curve_csv: Path, out: Path) -> Path:
     fig.suptitle(f"{stage}: training curves ({curve_csv})")
     fig.subplots_adjust(left=0.07, right=0.98, top=0.91, bottom=0.07, hspace=0.35, wspace=0.2)
     path = out / f"curves_{stage}.png"
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 
@@ -167,7 +174,7 @@ def plot_frontier(rows: list[dict], out: Path) -> Path:
     fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.75 / fig.get_figheight(),
                         bottom=0.55 / fig.get_figheight(), hspace=0.45, wspace=0.3)
     path = out / "frontier.png"
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 
@@ -194,7 +201,7 @@ def plot_bars(rows: list[dict], out: Path) -> Path:
                frameon=False)
     fig.subplots_adjust(left=0.07, right=0.98, top=0.8, bottom=0.1, wspace=0.25)
     path = out / "f1_bars.png"
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 

@@ -7,7 +7,8 @@ stage's M). Every optimiser step trains the one encoder on every model slot (los
 with train.model_weights). The stage writes models/<stage>/{best,last}/ (safetensors +
 meta.json) and metrics/train/<stage>.json + a per-step curve CSV for `dvc plots`; the same
 steps go to dvclive/<stage>/ (dvclive; it never writes a dvc.yaml or saves an experiment).
-A killed stage resumes from models/<stage>/last when rerun with the same params.
+A killed stage resumes from models/<stage>/last when rerun with the same params; SIGTERM or
+SIGINT finishes the optimiser step, saves models/<stage>/last and exits with 143 / 130.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import importlib.metadata
 import json
 import logging
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -33,11 +35,13 @@ from transformers import get_cosine_schedule_with_warmup
 from . import launch, placement
 from .config import Params, load_params
 from .encoder import hint_bucket
-from .io import atomic_path, read_jsonl, write_json, write_text
+from .io import atomic_dir, atomic_path, read_jsonl, restore_dir, write_json, write_text
 from .kd import cache_key, file_sha256, load_cache, teacher_hash
 from .latent import LatentWire, Receiver
 from .llm import load_frozen
-from .losses import pairwise_cosine, ce_loss, first_token_correct, hard_negative_weights, kd_loss, teacher_entropy
+from .losses import (ce_loss, first_token_correct, hard_negative_weights, kd_loss, pairwise_cosine,
+                     teacher_entropy)
+from .signals import StopRequest, stop_requests
 
 PREVIOUS = {"stage1": None, "stage2": "stage1", "stage3": "stage2"}
 logging.getLogger("dvclive").setLevel(logging.ERROR)  # quiet: no dvclive notices in the stage log
@@ -86,6 +90,15 @@ def run_key(params: Params, stage: str, prev_meta: dict | None, kd_keys: dict) -
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def set_deterministic(on: bool) -> None:
+    """train.deterministic: deterministic kernels only (README, "Determinism"). Before CUDA
+    starts: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it creates its first handle."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+
+
 def is_oom(e: BaseException) -> bool:
     """A CUDA out-of-memory error (torch.cuda.OutOfMemoryError is a RuntimeError)."""
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e)
@@ -98,6 +111,7 @@ class Stage:
         self.params, self.stage, self.root = params, stage, root
         self.sc = params.stage(stage)
         self.out = root / "models" / stage
+        set_deterministic(params.train.deterministic)
         torch.manual_seed(params.seed)
         rows = read_jsonl(root / "data/mix/train.jsonl")
         self.train_rows, self.dev_rows = split_dev(rows, params.train.dev_examples, params.seed)
@@ -200,7 +214,8 @@ class Stage:
             print(f"{self.stage}: dvclive disabled: {e}")
             return None
 
-    def fit(self) -> None:
+    def fit(self, stop: StopRequest | None = None) -> None:
+        """Train to total_steps; `stop` set (SIGTERM/SIGINT): save last/ after this step and exit."""
         tp = self.params.train
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step",
@@ -233,17 +248,29 @@ class Stage:
                     self.best = {"step": self.step, "epoch": epoch + 1,  # 1-based
                                  "dev_first_acc": dev["first_acc"], "dev_loss": dev["loss"]}
                     if self.acc.is_main_process:
-                        self.model.save(self.out / "best", {"stage": self.stage, "step": self.step,
-                                                            "run_key": self.key, "K": self.K})
+                        with atomic_dir(self.out / "best") as best:
+                            self.model.save(best, {"stage": self.stage, "step": self.step,
+                                                   "run_key": self.key, "K": self.K})
             self.curve.append(row)
             log_live(live, row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", K=self.K)
-            if self.step % tp.save_every == 0 or self.step == self.total_steps:
+            stopping = self.stop_requested(stop)
+            if stopping or self.step % tp.save_every == 0 or self.step == self.total_steps:
                 self.save_last()
+            if stopping:
+                bar.close()
+                stop.exit(f"{self.stage}: {stop.name} at step {self.step}: saved {self.out / 'last'}, "
+                          "rerun to resume")
         bar.close()
         if live is not None:
             live.end()
+
+    def stop_requested(self, stop: StopRequest | None) -> bool:
+        """A signal on any rank stops every rank after the same step (one tiny all-reduce)."""
+        if stop is None or self.acc.num_processes == 1:
+            return bool(stop)
+        return self.acc.reduce(torch.tensor(float(bool(stop)), device=self.acc.device), "sum").item() > 0
 
     def accumulate(self, micro: list[list[dict]]) -> tuple[torch.Tensor, dict]:
         """One optimiser step's gradients over the micro-batches. Each rank takes its share of
@@ -292,18 +319,19 @@ class Stage:
         """Everything needed to resume: weights, optimiser, scheduler, step, K, curve."""
         if not self.acc.is_main_process:
             return  # rank 0 writes; every rank holds the same state
-        last = self.out / "last"
-        self.model.save(last, {"stage": self.stage, "step": self.step, "run_key": self.key})
         opt = {f"{i}.{k}": v for i, s in self.opt.state_dict()["state"].items()
                for k, v in s.items() if torch.is_tensor(v)}
-        with atomic_path(last / "optimizer.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in opt.items()}, str(tmp))
-        write_json(last / "state.json", {"run_key": self.key, "step": self.step, "K": self.K,
-                                         "best": self.best, "curve": self.curve,
-                                         "sched": self.sched.state_dict(), "events": self.events})
+        with atomic_dir(self.out / "last") as last:  # the four files replace the old ones together
+            self.model.save(last, {"stage": self.stage, "step": self.step, "run_key": self.key})
+            with atomic_path(last / "optimizer.safetensors") as tmp:
+                save_file({k: v.contiguous() for k, v in opt.items()}, str(tmp))
+            write_json(last / "state.json", {"run_key": self.key, "step": self.step, "K": self.K,
+                                             "best": self.best, "curve": self.curve,
+                                             "sched": self.sched.state_dict(), "events": self.events})
 
     def try_resume(self) -> int | None:
-        last = self.out / "last"
+        restore_dir(self.out / "best")  # after a kill in the middle of a folder swap (io.atomic_dir)
+        last = restore_dir(self.out / "last")
         try:
             state = json.loads((last / "state.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -330,13 +358,15 @@ def main(stage: str, params_path: str = "params.yaml", root: str = ".") -> dict:
     t0 = time.time()
     params, root = load_params(params_path), Path(root)
     st = Stage(params, stage, root)
-    st.fit()
+    with stop_requests() as stop:  # SIGTERM/SIGINT: finish the step, save last/, exit 143/130
+        st.fit(stop)
     st.acc.wait_for_everyone()
     if not st.acc.is_main_process:  # rank 0 writes the checkpoints and metrics
         st.acc.end_training()
         return {}
     if st.best is None:  # zero steps (epochs: 0): the starting point is the best we have
-        st.model.save(st.out / "best", {"stage": stage, "step": 0, "run_key": st.key, "K": st.K})
+        with atomic_dir(st.out / "best") as best:
+            st.model.save(best, {"stage": stage, "step": 0, "run_key": st.key, "K": st.K})
     metrics = {"M": st.sc.M, "steps": st.step, "K_final": st.K, "best": st.best,
                "final": {k: v for k, v in (st.curve[-1] if st.curve else {}).items()},
                "K_schedule": [{"step": r["step"], "K": r["K"]} for r in st.curve
