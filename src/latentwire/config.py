@@ -120,8 +120,9 @@ class EncoderConfig:
 
     kind "bytes": the seed's byte encoder, UTF-8 bytes from scratch. kind "lm": the hidden
     states of a frozen model slot (`feature_model`, layer `feature_layer`) reading the full
-    text prompt, then the same transformer + pooling (a pretrained-feature encoder)."""
-    kind: str = "bytes"              # bytes | lm
+    text prompt, then the same transformer + pooling (a pretrained-feature encoder). kind
+    "tokens": picked prompt tokens, each sent as a learned code (tokens.py)."""
+    kind: str = "bytes"              # bytes | lm | tokens
     feature_model: str = ""          # lm: the model slot whose hidden states are the input
     feature_layer: int = -1          # lm: index into hidden_states (-1: the last, after the norm)
     d_z: int = 256                   # encoder width
@@ -132,9 +133,9 @@ class EncoderConfig:
     hint_buckets: int = 8            # answer-length hint classes, sent as hint_bytes
 
     def __post_init__(self):
-        _choice("kind", self.kind, ("bytes", "lm"))
-        if self.kind == "lm" and not self.feature_model:
-            raise ConfigError("encoder.feature_model: the lm encoder needs a model slot")
+        _choice("kind", self.kind, ("bytes", "lm", "tokens"))
+        if self.kind != "bytes" and not self.feature_model:
+            raise ConfigError(f"encoder.feature_model: the {self.kind} encoder needs a model slot")
         if self.d_z % self.heads:
             raise ConfigError("encoder.d_z must be divisible by encoder.heads")
         if not 1 <= self.hint_buckets <= 256:
@@ -166,6 +167,8 @@ class TrainConfig:
     hard_negative: bool = True       # weight KD towards wrong first tokens + uncertain teachers
     hint_weight: float = 0.1         # loss weight of the answer-length hint head
     diversity_weight: float = 0.0    # weight of the mean pairwise cosine of Z across the batch
+    select_weight: float = 1.0       # tokens encoder: weight of the scorer's answer-position loss
+    codec_steps: int = 1000          # tokens encoder: codec warm-start steps before stage1 (0: off)
     qat: bool = False                # train through wire.bits quantisation (straight-through)
     max_steps: int | None = None     # cap on optimiser steps per stage (tests, smoke runs)
     deterministic: bool = False      # deterministic GPU kernels (slower; README "Determinism")
@@ -218,7 +221,9 @@ class Params:
             for slot in getattr(self, key):
                 if slot not in self.models:
                     raise ConfigError(f"{key}.{slot}: no such model slot {list(self.models)}")
-        if self.encoder.kind == "lm" and self.encoder.feature_model not in self.models:
+        if self.encoder.kind == "tokens" and self.wire.shared_fraction != 1.0:
+            raise ConfigError("wire.shared_fraction: the tokens encoder shares every slot: set 1.0")
+        if self.encoder.kind != "bytes" and self.encoder.feature_model not in self.models:
             raise ConfigError(f"encoder.feature_model: no such model slot "
                               f"{self.encoder.feature_model!r} {list(self.models)}")
 

@@ -300,7 +300,7 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
     lw, encoded, partial = None, None, partial_folder(part, baselines_path, predictions_path)
     unit_files = unit_inputs(part, eval_path, checkpoint, baselines_path)
     models = placement.resolve(params).models  # null device_map: auto placement
-    fm = params.encoder.feature_model if params.encoder.kind == "lm" else None
+    fm = params.encoder.feature_model if params.encoder.kind != "bytes" else None
     if fm:  # the feature model first: it encodes for every receiver
         models = {s: models[s] for s in sorted(models, key=lambda s: s != fm)}
     for slot, cfg in models.items():
@@ -324,6 +324,8 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
                                                                  params.cache_dir))
                 encoded = encode_all(lw, llm.template, rows, params.evaluate.batch_size)
                 lw.featurizer = None  # free the feature model
+                if params.encoder.kind == "tokens":
+                    lw.encoder.llm = None
             for ds, res in latent_model(llm, lw, rows, encoded, metrics[slot], wire, params,
                                         predictions).items():
                 metrics[slot][ds].update(res)

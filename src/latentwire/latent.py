@@ -19,6 +19,7 @@ from .adapter import Adapter
 from .config import Params
 from .encoder import LatentEncoder, encode_bytes
 from .features import Featurizer
+from .tokens import TokenSender
 from .io import atomic_path, write_json
 from .llm import FrozenLLM
 from .wire import quantize
@@ -41,8 +42,11 @@ class LatentWire(nn.Module):
                      "shared_fraction": w.shared_fraction, "slots": slots, "hidden": hidden}
         self.group_size, self.bits = w.group_size, w.bits
         self.featurizer = None  # kind "lm": a features.Featurizer (not a module: never trained or saved)
-        self.encoder = LatentEncoder(e, w.d_wire, M, w.shared_fraction, slots,
-                                     hidden.get(e.feature_model) if e.kind == "lm" else None)
+        if e.kind == "tokens":
+            self.encoder = TokenSender(e, w.d_wire, M, hidden[e.feature_model])
+        else:
+            self.encoder = LatentEncoder(e, w.d_wire, M, w.shared_fraction, slots,
+                                         hidden.get(e.feature_model) if e.kind == "lm" else None)
         self.adapters = nn.ModuleDict({s: Adapter(w.d_wire, hidden[s], M, e.hint_buckets, target_norm[s])
                                        for s in slots})
 
@@ -56,11 +60,24 @@ class LatentWire(nn.Module):
             a.resize(M)
 
     def attach(self, llm: FrozenLLM) -> None:
-        """kind "lm": the frozen feature model (models.<encoder.feature_model>) to read prompts with."""
-        self.featurizer = Featurizer(llm, self.arch["feature_layer"], self.arch["max_bytes"])
+        """kinds "lm" and "tokens": the frozen feature model (models.<encoder.feature_model>)."""
+        if self.arch["kind"] == "tokens":
+            self.encoder.llm = llm
+        else:
+            self.featurizer = Featurizer(llm, self.arch["feature_layer"], self.arch["max_bytes"])
 
-    def encode(self, texts: list[str]):
-        """Z [B, S+n*P, d_wire], hint logits, and bytes (lm: tokens) cut per text."""
+    def quantize_codes(self, z, qat: bool = False):
+        """Codes [N, d_wire] through the wire's quantisation, as one block (group scales)."""
+        return quantize(z[None], self.bits, self.group_size, qat)[0]
+
+    def encode(self, texts: list[str], with_scores: bool = False):
+        """Z [B, S+n*P, d_wire], hint logits, and bytes (lm, tokens: tokens) cut per text
+        (with_scores, kind "tokens": also the scorer's logits per text)."""
+        if self.arch["kind"] == "tokens":
+            if self.encoder.llm is None:
+                raise RuntimeError("the tokens encoder needs its feature model: call attach(llm) first")
+            z, hint_logits, n_cut, scores = self.encoder(texts)
+            return (z, hint_logits, n_cut, scores) if with_scores else (z, hint_logits, n_cut)
         if self.arch["kind"] == "lm":
             if self.featurizer is None:
                 raise RuntimeError("the lm encoder needs its feature model: call attach(llm) first")
@@ -77,18 +94,20 @@ class LatentWire(nn.Module):
         view = self.encoder.slot_view(z, slot)
         if bits is not None:
             S = self.encoder.S
-            view = torch.cat([quantize(view[:, :S], bits, self.group_size, qat),
-                              quantize(view[:, S:], bits, self.group_size, qat)], dim=1)
+            blocks = [view[:, :S], view[:, S:]] if S < view.shape[1] else [view]
+            view = torch.cat([quantize(b, bits, self.group_size, qat) for b in blocks], dim=1)
         return self.adapters[slot](view, hint)
 
     def forward(self, texts: list[str], qat: bool = False):
         """The training path in one call (what DistributedDataParallel wraps): Z, hint logits
-        and every slot's soft tokens, fed the sender's own predicted hint. qat: through the
-        wire's quantisation at wire.bits, with straight-through gradients."""
-        z, hint_logits, _ = self.encode(texts)
+        and every slot's soft tokens, fed the sender's own predicted hint (and, kind "tokens",
+        the scorer's logits). qat: through the wire's quantisation at wire.bits, with
+        straight-through gradients."""
+        z, hint_logits, _, *scores = self.encode(texts, with_scores=True)
         hint = hint_logits.argmax(-1)
         bits = self.bits if qat else None
-        return z, hint_logits, {s: self.soft_tokens(z, hint, s, bits, qat) for s in self.adapters}
+        softs = {s: self.soft_tokens(z, hint, s, bits, qat) for s in self.adapters}
+        return z, hint_logits, softs, (scores[0] if scores else None)
 
     # ------------------------------------------------------------ checkpoints
     def save(self, folder: str | Path, extra: dict | None = None) -> None:

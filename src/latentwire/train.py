@@ -39,6 +39,7 @@ from .io import atomic_dir, atomic_path, read_jsonl, restore_dir, write_json, wr
 from .kd import cache_key, file_sha256, load_cache, teacher_hash
 from .latent import LatentWire, Receiver
 from .llm import load_frozen
+from .tokens import codec_warm_start, scorer_warm_start
 from .losses import (ce_loss, first_token_correct, hard_negative_weights, kd_loss, pairwise_cosine,
                      teacher_entropy)
 from .signals import StopRequest, stop_requests
@@ -131,11 +132,20 @@ class Stage:
             self.kd[s] = ({i: n for n, i in enumerate(cache["ids"])}, cache)
             kd_keys[s] = key
         self.model = LatentWire(params, self.sc.M, self.llms)
-        if params.encoder.kind == "lm":
+        if params.encoder.kind != "bytes":
             self.model.attach(self.llms[params.encoder.feature_model])
         prev = PREVIOUS[stage]
         self.prev_meta = self.model.load(root / "models" / prev / "best") if prev else None
         self.key = run_key(params, stage, self.prev_meta, kd_keys)
+        self.warm = None
+        if (params.encoder.kind == "tokens" and prev is None and params.train.codec_steps
+                and not (self.out / "last" / "state.json").is_file()):
+            texts = [self.body(r) for r in self.train_rows]
+            self.warm = {"codec_token_acc": codec_warm_start(self.model, self.llms, texts,
+                                                             params.train.codec_steps, params.seed),
+                         "scorer_loss": scorer_warm_start(self.model.encoder, texts,
+                                                          [r["answers"][0] for r in self.train_rows],
+                                                          params.train.codec_steps // 10)}
         tp = params.train
         self.batches_per_epoch = math.ceil(len(self.train_rows) / tp.batch_size)
         # the cosine schedule spans every optimiser step of every epoch of the stage
@@ -159,11 +169,14 @@ class Stage:
         idx = torch.tensor([index[r["id"]] for r in rows])
         return {k: cache[k][idx] for k in ("top_idx", "top_logp", "answer_ids", "answer_mask")}
 
+    def body(self, row: dict) -> str:
+        return self.llms[next(iter(self.llms))].template.body(row["context"], row["question"])
+
     def losses(self, rows: list[dict], K: int) -> tuple[torch.Tensor, dict]:
         """Summed loss over model slots and the per-slot numbers for the curves."""
         p, sc = self.params, self.sc
-        texts = [self.llms[next(iter(self.llms))].template.body(r["context"], r["question"]) for r in rows]
-        z, hint_logits, softs = self.net(texts, p.train.qat)  # fed the sender's own predicted hint
+        texts = [self.body(r) for r in rows]
+        z, hint_logits, softs, scores = self.net(texts, p.train.qat)  # fed the sender's own predicted hint
         gold_hint = torch.tensor([hint_bucket(len(r["answers"][0].split()), p.encoder.hint_buckets)
                                   for r in rows], device=z.device)
         hint = hint_logits.argmax(-1)  # the sender's own prediction, as at evaluation time
@@ -171,6 +184,10 @@ class Stage:
         z_cos = pairwise_cosine(z)
         total = total + p.train.diversity_weight * z_cos
         logs = {"hint_acc": (hint == gold_hint).float().mean().item(), "z_cos": z_cos.item()}
+        if scores is not None:  # kind "tokens": the scorer learns where the answer is
+            select = self.model.encoder.select_loss(texts, [r["answers"][0] for r in rows], scores)
+            total = total + p.train.select_weight * select
+            logs["select"] = select.item()
         for slot, rec in self.receivers.items():
             t = {k: v[:, :K].to(z.device) for k, v in self.targets(slot, rows).items()}
             logits = rec.answer_logits(softs[slot], t["answer_ids"])
@@ -214,6 +231,18 @@ class Stage:
             print(f"{self.stage}: dvclive disabled: {e}")
             return None
 
+    def keep_if_best(self, dev: dict, epoch: int) -> None:
+        """Save models/<stage>/best when dev first-token accuracy (then dev loss) improves."""
+        if self.best is not None and (dev["first_acc"], -dev["loss"]) <= (self.best["dev_first_acc"],
+                                                                          -self.best["dev_loss"]):
+            return
+        self.best = {"step": self.step, "epoch": epoch,  # 1-based; 0: the stage's starting point
+                     "dev_first_acc": dev["first_acc"], "dev_loss": dev["loss"]}
+        if self.acc.is_main_process:
+            with atomic_dir(self.out / "best") as best:
+                self.model.save(best, {"stage": self.stage, "step": self.step, "run_key": self.key,
+                                       "K": self.K})
+
     def fit(self, stop: StopRequest | None = None) -> None:
         """Train to total_steps; `stop` set (SIGTERM/SIGINT): save last/ after this step and exit."""
         tp = self.params.train
@@ -225,6 +254,8 @@ class Stage:
         live = self.start_live(Live) if self.acc.is_main_process else None  # rank 0 logs
         for row in self.curve:  # a resumed stage replays its saved steps: the log stays whole
             log_live(live, row)
+        if self.step == 0 and self.best is None:  # the starting point competes for best too
+            self.keep_if_best(self.validate(), 0)
         while self.step < self.total_steps:
             epoch, within = divmod(self.step * tp.grad_accum, self.batches_per_epoch)
             batches = balanced_batches(self.train_rows, tp.batch_size, self.params.seed + epoch)
@@ -243,14 +274,7 @@ class Stage:
                 dev = self.validate()
                 row.update({"dev_loss": dev["loss"], "dev_first_acc": dev["first_acc"]})
                 self.adapt_K(dev["first_acc"])
-                if self.best is None or (dev["first_acc"], -dev["loss"]) > (self.best["dev_first_acc"],
-                                                                              -self.best["dev_loss"]):
-                    self.best = {"step": self.step, "epoch": epoch + 1,  # 1-based
-                                 "dev_first_acc": dev["first_acc"], "dev_loss": dev["loss"]}
-                    if self.acc.is_main_process:
-                        with atomic_dir(self.out / "best") as best:
-                            self.model.save(best, {"stage": self.stage, "step": self.step,
-                                                   "run_key": self.key, "K": self.K})
+                self.keep_if_best(dev, epoch + 1)
             self.curve.append(row)
             log_live(live, row)
             bar.update(1)
