@@ -89,3 +89,15 @@ def test_cut_utf8_property(text, n):
     assert len(cut.encode("utf-8")) <= max(n, 0)               # within budget
     if cut != text:                                            # and the longest such prefix
         assert len(text[:len(cut) + 1].encode("utf-8")) > n
+
+
+def test_an_all_zero_group_decodes_to_zeros():
+    import torch
+
+    from latentwire.wire import quantize
+    z = torch.zeros(2, 4, 16)
+    z[0, :2] = torch.randn(2, 16)  # example 0: one real group, one all-zero (padding) group
+    for bits in (8, 4):
+        out = quantize(z, bits, 32)
+        assert not out.isnan().any() and (out[1] == 0).all() and (out[0, 2:] == 0).all()
+        assert (out[0, :2] - z[0, :2]).abs().max() < z[0, :2].abs().max() / (2 ** (bits - 1) - 1)

@@ -139,7 +139,7 @@ class Stage:
         self.key = run_key(params, stage, self.prev_meta, kd_keys)
         self.warm = None
         if (params.encoder.kind == "tokens" and prev is None and params.train.codec_steps
-                and not (self.out / "last" / "state.json").is_file()):
+                and self.saved_state() is None):  # a resumed stage1 has its warm start already
             texts = [self.body(r) for r in self.train_rows]
             self.warm = {"codec_token_acc": codec_warm_start(self.model, self.llms, texts,
                                                              params.train.codec_steps, params.seed),
@@ -353,15 +353,20 @@ class Stage:
                                              "best": self.best, "curve": self.curve,
                                              "sched": self.sched.state_dict(), "events": self.events})
 
+    def saved_state(self) -> dict | None:
+        """models/<stage>/last/state.json if this very run saved it (the same run_key)."""
+        try:
+            state = json.loads((self.out / "last" / "state.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        return state if state.get("run_key") == self.key else None
+
     def try_resume(self) -> int | None:
         restore_dir(self.out / "best")  # after a kill in the middle of a folder swap (io.atomic_dir)
         last = restore_dir(self.out / "last")
-        try:
-            state = json.loads((last / "state.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None
-        if state.get("run_key") != self.key or state["step"] >= self.total_steps + 1:
-            return None  # params changed since: start afresh
+        state = self.saved_state()
+        if state is None or state["step"] >= self.total_steps + 1:
+            return None  # none, or params changed since: start afresh
         self.model.load(last)
         opt_state = self.opt.state_dict()
         flat = load_file(str(last / "optimizer.safetensors"))

@@ -58,7 +58,8 @@ def quantize(z, bits: int, group_size: int, straight_through: bool = False):
         B, n = z.shape[0], z[0].numel()
         pad = (-n) % group_size
         flat = torch.nn.functional.pad(z.reshape(B, n), (0, pad)).reshape(B, -1, group_size)
-        scale = flat.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / qmax
-        scale = scale.half().float()  # the scale travels as fp16
+        # the scale travels as fp16: at least fp16's smallest normal, so an all-zero group
+        # (padding) keeps a non-zero scale and decodes to zeros instead of 0/0
+        scale = (flat.abs().amax(dim=-1, keepdim=True) / qmax).clamp_min(2 ** -14).half().float()
         out = (torch.round(flat / scale).clamp(-qmax, qmax) * scale).reshape(B, -1)[:, :n].reshape(z.shape)
     return z + (out - z).detach() if straight_through else out
