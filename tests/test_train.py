@@ -169,3 +169,13 @@ def test_deterministic_key_is_checked(tmp_path, train_section, match):
     with pytest.raises(ConfigError, match=match):
         load_params(tmp_path / "p.yaml")
     assert load_params(REPO / "params.yaml").train.deterministic is False
+
+
+def test_state_saved_by_other_code_is_not_resumed(project, monkeypatch):
+    """A bug fix reruns the stage under DVC; its old last/ must not be resumed."""
+    monkeypatch.chdir(project)
+    kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
+    params = load_params("params.yaml")
+    key = train.run_key(params, "stage1", None, {"llama": "k"})
+    monkeypatch.setattr(train, "package_sha256", lambda: "other code")
+    assert train.run_key(params, "stage1", None, {"llama": "k"}) != key

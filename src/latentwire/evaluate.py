@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import placement
 from .config import ModelConfig, Params, load_params
-from .io import read_jsonl, remove_temp_files, write_json, write_jsonl, write_text
+from .io import package_sha256, read_jsonl, remove_temp_files, write_json, write_jsonl, write_text
 from .latent import LatentWire, Receiver
 from .llm import FrozenLLM, load_frozen
 from .losses import pairwise_cosine
@@ -238,8 +238,9 @@ def unit_path(folder: Path, part: str, slot: str, cfg: ModelConfig, params: Para
         {"part": part, "slot": slot, "model": dataclasses.asdict(cfg), "slots": list(params.models),
          **{k: dataclasses.asdict(getattr(params, k)) for k in ("prompt", "wire", "encoder", "evaluate")},
          "M": params.stage3.M, "seed": params.seed}, sort_keys=True).encode())
-    for f in [*files, *sorted(Path(__file__).parent.glob("*.py"))]:
+    for f in files:
         h.update(Path(f).read_bytes())
+    h.update(package_sha256().encode())
     return folder / f"{slot}-{h.hexdigest()[:16]}.json"
 
 

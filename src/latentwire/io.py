@@ -1,6 +1,7 @@
 """Atomic writes: a file (or a folder of files) appears whole or not at all (tmp, fsync, rename)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -105,3 +106,11 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{i}: malformed JSON line: {e}") from None
     return rows
+
+
+def package_sha256() -> str:
+    """sha256 of this package's source files: resumable state saved by other code is not reused."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()

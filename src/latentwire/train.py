@@ -35,7 +35,7 @@ from transformers import get_cosine_schedule_with_warmup
 from . import launch, placement
 from .config import Params, load_params
 from .encoder import hint_bucket
-from .io import atomic_dir, atomic_path, read_jsonl, restore_dir, write_json, write_text
+from .io import atomic_dir, atomic_path, package_sha256, read_jsonl, restore_dir, write_json, write_text
 from .kd import cache_key, file_sha256, load_cache, teacher_hash
 from .latent import LatentWire, Receiver
 from .llm import load_frozen
@@ -83,11 +83,12 @@ def log_live(live, row: dict) -> None:
 
 
 def run_key(params: Params, stage: str, prev_meta: dict | None, kd_keys: dict) -> str:
-    """What the resumable state depends on; a mismatch starts the stage afresh."""
+    """What the resumable state depends on (params, the previous stage, the KD caches and this
+    package's code: state saved before a bug fix is not resumed); a mismatch starts afresh."""
     blob = json.dumps({"stage": getattr(params, stage).__dict__, "train": params.train.__dict__,
                        "encoder": params.encoder.__dict__, "wire": params.wire.__dict__,
                        "seed": params.seed, "prev": (prev_meta or {}).get("run_key"),
-                       "kd": kd_keys}, sort_keys=True, default=str)
+                       "kd": kd_keys, "code": package_sha256()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
