@@ -51,7 +51,7 @@ def main() -> None:
     trained = Path(args.checkpoint, "meta.json").is_file()
     if trained:  # latency does not depend on the weights; untrained weights time the same
         lw.load(args.checkpoint)
-    if params.encoder.kind == "lm":
+    if params.encoder.kind != "bytes":
         lw.attach(llms[params.encoder.feature_model])
     lw.eval()
     body = next(iter(llms.values())).template.body
@@ -59,8 +59,9 @@ def main() -> None:
     lw.encode(texts[:1])  # warm-up
     t_enc = []
     for t in texts:
-        if lw.featurizer is not None:
-            lw.featurizer.memo.clear()  # time the feature pass too
+        for memo in (getattr(lw.featurizer, "memo", None), getattr(lw.encoder, "memo", None)):
+            if memo is not None:
+                memo.clear()  # time the frozen feature pass too
         t0 = time.perf_counter()
         z, hint_logits, _ = lw.encode([t])
         t_enc.append(time.perf_counter() - t0)
