@@ -10,7 +10,7 @@ from latentwire import evaluate, kd
 from latentwire.config import ConfigError, EncoderConfig, load_params
 from latentwire.latent import LatentWire
 from latentwire.llm import BODY, ModelConfig, PromptConfig, load_frozen
-from latentwire.tokens import (QUESTION, TokenSender, codec_warm_start, scorer_warm_start, split_body,
+from latentwire.tokens import (TokenSender, codec_warm_start, scorer_warm_start, split_body,
                                string_targets)
 
 from test_train import project, run_stage  # noqa: F401  (the tiny curriculum project fixture)
@@ -154,4 +154,3 @@ def test_curriculum_with_the_tokens_sender(project, monkeypatch, one_thread, cap
         res = metrics[slot]["squad"]
         assert 0.0 <= res["latent_int4"]["f1"] <= 1.0
         assert res["bytes"]["int4"]["per_model"] == res["bytes"]["int4"]["total"]  # all shared
-    assert QUESTION.startswith("\n")
