@@ -104,6 +104,21 @@ def test_generate_text_order_and_batching(llms, kind):
     assert generate_text(llm, [], 6, 3) == []
 
 
+def test_generate_text_reuses_the_prefix_cache_and_falls_back_without_it(llms, monkeypatch):
+    llm = llms["qwen"]
+    prompts = [llm.template.render(c, q) for c, q in [("Rome.", "What?"), (LONG, "Which river?"),
+                                                      ("Tokyo is in Japan.", "Where is Tokyo?")]]
+    calls = []
+    real = evaluate.Receiver.cache
+    monkeypatch.setattr(evaluate.Receiver, "cache", lambda self, b: calls.append(b) or real(self, b))
+    assert generate_text(llm, prompts, 6, 2) == reference(llm, prompts, 6)
+    assert calls == [2, 1]  # both batches ran from the copied prefix cache
+    calls.clear()
+    raw = prompts[:1] + ["Plain text, no template prefix: the"]  # one prompt without it: no cache
+    assert generate_text(llm, raw, 6, 2) == reference(llm, raw, 6)
+    assert calls == []
+
+
 ROWS = [
     {"id": "s1", "dataset": "squad", "question": "Which river flows through Paris?",
      "context": "The Seine flows through Paris. " + LONG, "answers": ["the Seine", "Seine"]},
