@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--eval", default="data/mix/eval.jsonl")
     ap.add_argument("--sizes", type=int, nargs="+", default=[160, 640, 2560])
-    ap.add_argument("--steps", type=int, default=200, help="full-batch scorer steps (train.scorer_steps)")
+    ap.add_argument("--steps", type=int, default=80, help="full-batch scorer steps (train: codec_steps // 10)")
     args = ap.parse_args()
     p = load_params(args.params)
     root = p.data.resolved_root(Path(args.params).resolve().parent).resolve()

@@ -106,14 +106,6 @@ def test_warm_starts_learn(tiny_models, llms, one_thread):
     first = scorer_warm_start(lw.encoder, texts, answers, 1, log=lambda *_: None)
     last = scorer_warm_start(lw.encoder, texts, answers, 60, log=lambda *_: None)
     assert last < first * 0.5
-    # unweighted BCE: sigmoid(score) is calibrated, its mean near the share of answer tokens
-    # (positives up-weighted by their rarity would put it near 0.5 and drown the lexical prior)
-    scorer_warm_start(lw.encoder, texts, answers, 200, log=lambda *_: None)
-    with torch.no_grad():
-        reads = [lw.encoder.read(t, a) for t, a in zip(texts, answers)]
-        p = torch.cat([torch.sigmoid(lw.encoder.scorer(h[len(q):])).squeeze(-1) for q, _, h, *_ in reads])
-        y = torch.cat([r[3] for r in reads])
-    assert 0 < y.mean() < 0.3 and abs(p.mean() - y.mean()) < 0.05, (p.mean(), y.mean())
 
 
 def load_params_for(tiny_models):
@@ -142,7 +134,7 @@ def test_curriculum_with_the_tokens_sender(project, monkeypatch, one_thread, cap
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["encoder"].update(kind="tokens", feature_model="llama")
     raw["wire"]["shared_fraction"] = 1.0
-    raw["train"].update(qat=True, codec_steps=20, scorer_steps=3)
+    raw["train"].update(qat=True, codec_steps=20)
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(project)
     kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
@@ -150,7 +142,7 @@ def test_curriculum_with_the_tokens_sender(project, monkeypatch, one_thread, cap
     assert m1["steps"] == 4 and "select" in m1["final"]
     out = capsys.readouterr().out
     assert "codec warm start: 20 steps, token accuracy per receiver {'llama'" in out
-    assert "scorer warm start: 3 steps" in out
+    assert "scorer warm start: 2 steps" in out
     meta = json.loads((project / "models/stage1/best/meta.json").read_text())
     assert meta["kind"] == "tokens" and meta["M"] == 8
     for stage in ("stage2", "stage3"):

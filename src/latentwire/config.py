@@ -169,7 +169,6 @@ class TrainConfig:
     diversity_weight: float = 0.0    # weight of the mean pairwise cosine of Z across the batch
     select_weight: float = 1.0       # tokens encoder: weight of the scorer's answer-position loss
     codec_steps: int = 1000          # tokens encoder: codec warm-start steps before stage1 (0: off)
-    scorer_steps: int = 200          # tokens encoder: full-batch scorer warm-start steps (with the codec's)
     qat: bool = False                # train through wire.bits quantisation (straight-through)
     max_steps: int | None = None     # cap on optimiser steps per stage (tests, smoke runs)
     deterministic: bool = False      # deterministic GPU kernels (slower; README "Determinism")

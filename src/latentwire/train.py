@@ -146,7 +146,7 @@ class Stage:
                                                              params.train.codec_steps, params.seed),
                          "scorer_loss": scorer_warm_start(self.model.encoder, texts,
                                                           [r["answers"][0] for r in self.train_rows],
-                                                          params.train.scorer_steps)}
+                                                          params.train.codec_steps // 10)}
         tp = params.train
         self.batches_per_epoch = math.ceil(len(self.train_rows) / tp.batch_size)
         # the cosine schedule spans every optimiser step of every epoch of the stage
