@@ -47,17 +47,7 @@ def main() -> None:
     texts = [body(r["context"], r["question"]) for r in rows]
     snd, stok = lw.encoder, llms[p.encoder.feature_model].tokenizer
     z, hint_logits, _ = lw.encode(texts)
-    picked = []
-    for t in texts:  # the same pick as TokenSender.forward
-        q_ids, c_ids, h, _, _, overlap = snd.read(t)
-        q_keep, W = snd.budget(len(q_ids))
-        W = min(W, len(c_ids))
-        start = 0
-        if W:
-            s = torch.sigmoid(snd.scorer(h[len(q_ids):]).squeeze(-1)) + overlap
-            sums = torch.cat([s.new_zeros(1), s.cumsum(0)])
-            start = int((sums[W:] - sums[:-W]).argmax())
-        picked.append(c_ids[start:start + W] + q_ids[:q_keep])
+    picked = [snd.pick(t)[0] for t in texts]
     picked_text = [stok.decode(ids) for ids in picked]
     hits = sum(any(a in pt for a in r["answers"]) for pt, r in zip(picked_text, rows))
     print(f"M={meta['M']}: window hit {hits}/{len(rows)}; first pick: {picked_text[0]!r}")

@@ -31,18 +31,8 @@ from latentwire.tokens import TokenSender, scorer_warm_start
 def window_hits(snd: TokenSender, texts, answers, use_scorer: bool) -> list[float]:
     hits = []
     for t, golds in zip(texts, answers):
-        q_ids, c_ids, h, _, _, overlap = snd.read(t)
-        q_keep, W = snd.budget(len(q_ids))
-        W = min(W, len(c_ids))
-        if not W:
-            hits.append(0.0)
-            continue
-        p = overlap.clone()
-        if use_scorer:
-            p += torch.sigmoid(snd.scorer(h[len(q_ids):]).squeeze(-1))
-        sums = torch.cat([p.new_zeros(1), p.cumsum(0)])
-        start = int((sums[W:] - sums[:-W]).argmax())
-        hits.append(float(any(snd.read(t, a)[3][start:start + W].sum() > 0 for a in golds)))
+        _, start, W, _, _ = snd.pick(t, use_scorer)
+        hits.append(float(W > 0 and any(snd.read(t, a)[3][start:start + W].sum() > 0 for a in golds)))
     return hits
 
 

@@ -111,6 +111,23 @@ class TokenSender(nn.Module):
         q = min(n_q, self.M - self.M // 4)
         return q, self.M - q
 
+    def pick(self, text: str, use_scorer: bool = True):
+        """The sent tokens for one text: the W context tokens with the highest summed answer
+        probability (the scorer's sigmoid, unless use_scorer is off) + lexical overlap, then the
+        question part. -> (picked ids, window start, W, the scorer's logits, the read)."""
+        read = self.read(text)
+        q_ids, c_ids, h, _, _, overlap = read
+        n_q = len(q_ids)
+        s = self.scorer(h[n_q:].to(self.pad_code.device)).squeeze(-1) if c_ids else h.new_zeros(0)
+        q_keep, W = self.budget(n_q)
+        W = min(W, len(c_ids))
+        start = 0
+        if W:
+            p = overlap.to(s.device) + (torch.sigmoid(s.detach()) if use_scorer else 0)
+            sums = torch.cat([p.new_zeros(1), p.cumsum(0)])
+            start = int((sums[W:] - sums[:-W]).argmax())
+        return c_ids[start:start + W] + q_ids[:q_keep], start, W, s, read
+
     # ------------------------------------------------------------ the wire
     def forward(self, texts: list[str]):
         """Z [B, M, d_wire], hint logits [B, buckets], context tokens cut per text, and the
@@ -119,19 +136,8 @@ class TokenSender(nn.Module):
         emb = self.llm.model.get_input_embeddings()
         zs, hints, cuts, scores = [], [], [], []
         for text in texts:
-            q_ids, c_ids, h, _, cut, overlap = self.read(text)
+            picked, _, _, s, (_, _, h, _, cut, _) = self.pick(text)
             h = h.to(dev)
-            n_q = len(q_ids)
-            s = self.scorer(h[n_q:]).squeeze(-1) if c_ids else h.new_zeros(0)
-            q_keep, W = self.budget(n_q)
-            W = min(W, len(c_ids))
-            if W:  # the W context tokens with the highest summed answer probability + overlap
-                p = torch.sigmoid(s.detach()) + overlap.to(dev)
-                sums = torch.cat([p.new_zeros(1), p.cumsum(0)])
-                start = int((sums[W:] - sums[:-W]).argmax())
-            else:
-                start = 0
-            picked = c_ids[start:start + W] + q_ids[:q_keep]
             with torch.no_grad():
                 e = emb(torch.tensor(picked, dtype=torch.long, device=self.llm.device)).float().to(dev)
             z = self.codec(e) if picked else e.new_zeros(0, self.pad_code.shape[0])
