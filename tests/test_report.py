@@ -150,9 +150,35 @@ def test_base_deltas_come_from_dvc_metrics_diff(tmp_path, monkeypatch, capsys):
     assert "dvc metrics diff no-such-rev" in err and "Traceback" not in err
 
 
+def test_base_without_metrics_is_named(tmp_path, monkeypatch, capsys):
+    """--base REV where REV has no eval.json (older than the file): the table, and a line naming REV
+    instead of a delta table of `new` cells."""
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    git = ("git", "-c", "user.name=t", "-c", "user.email=t@example.com")
+    for cmd in [(*git, "init", "-q"), (sys.executable, "-m", "dvc", "init", "-q")]:
+        subprocess.run(cmd, check=True, capture_output=True)
+    (tmp_path / "dvc.yaml").write_text("metrics:\n  - metrics/eval.json\n")
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "no metrics yet"], check=True)
+    write_eval(tmp_path, fake_metrics(seed=6))
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "metrics"], check=True)
+
+    assert cli.main(["report", "--base", "HEAD~1"]) == 0
+    md = capsys.readouterr().out
+    assert len(tables(md)) == 1  # the table of the workspace, no delta table
+    assert "`HEAD~1` has no `metrics/eval.json`: no deltas" in md
+
+
 def test_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["report", "--metrics", str(tmp_path / "missing.json")]) == 1
+    err = capsys.readouterr().err
+    assert "missing.json not found: run the pipeline first (`dvc repro`" in err
+    assert "Errno" not in err and "Traceback" not in err
     (tmp_path / "bad.json").write_text(json.dumps({"M": 4, "reported_bits": 4, "wire": {}}))
     assert cli.main(["report", "--metrics", str(tmp_path / "bad.json")]) == 1
     err = capsys.readouterr().err
-    assert "missing.json" in err and "no model x dataset results" in err and "Traceback" not in err
+    assert "no model x dataset results" in err and "Traceback" not in err

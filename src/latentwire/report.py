@@ -135,6 +135,9 @@ def build_report(metrics_path: str = "metrics/eval.json",
                  base: str | None = None, worst: int = 0) -> str:
     try:
         metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{metrics_path} not found: run the pipeline first (`dvc repro`, or `make repro` "
+                         "on a fresh clone); its evaluate stage writes it") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{metrics_path}: not JSON: {e}") from None
     precs, prec = precisions(metrics), precision_name(metrics)
@@ -158,20 +161,24 @@ def build_report(metrics_path: str = "metrics/eval.json",
     if base is not None:
         diff = metrics_diff(base, metrics_path)
         out += ["", f"### Δ vs `{base}` (`dvc metrics diff {base}`: workspace − {base})", ""]
-        drows = [[slot, ds] + [cell([fmt_delta(diff.get(f"{slot}.{ds}.{k}"), spec) for k in keys])
-                               for _, keys, spec in cols] for slot, ds in pairs]
-        out += table(header, drows, 2)
-        changed = [f"`{k}` {diff[k].get('old')} → {diff[k].get('new')}"
-                   for k in ("M", "reported_bits", "equal_byte_budget")
-                   if k in diff and diff[k].get("old") != diff[k].get("new")]
-        current = {f"{s}.{d}." for s, d in pairs}
-        gone = sorted({".".join(k.split(".")[:2]) for k, e in diff.items()
-                       if e.get("new") is None and k.count(".") >= 2
-                       and not any(k.startswith(c) for c in current)})
-        if changed:
-            out += ["", "Changed: " + ", ".join(changed) + "."]
-        if gone:
-            out += ["", f"Only in `{base}`: " + ", ".join(f"`{g}`" for g in gone) + "."]
+        if all(e.get("old") is None for e in diff.values()):  # DVC read nothing at base
+            out += [f"`{base}` has no `{metrics_path}`: no deltas (`{base}` predates the file or "
+                    "never ran the evaluate stage)."]
+        else:
+            drows = [[slot, ds] + [cell([fmt_delta(diff.get(f"{slot}.{ds}.{k}"), spec) for k in keys])
+                                   for _, keys, spec in cols] for slot, ds in pairs]
+            out += table(header, drows, 2)
+            changed = [f"`{k}` {diff[k].get('old')} → {diff[k].get('new')}"
+                       for k in ("M", "reported_bits", "equal_byte_budget")
+                       if k in diff and diff[k].get("old") != diff[k].get("new")]
+            current = {f"{s}.{d}." for s, d in pairs}
+            gone = sorted({".".join(k.split(".")[:2]) for k, e in diff.items()
+                           if e.get("new") is None and k.count(".") >= 2
+                           and not any(k.startswith(c) for c in current)})
+            if changed:
+                out += ["", "Changed: " + ", ".join(changed) + "."]
+            if gone:
+                out += ["", f"Only in `{base}`: " + ", ".join(f"`{g}`" for g in gone) + "."]
 
     if worst > 0:
         predictions = read_jsonl(predictions_path)
