@@ -1,36 +1,20 @@
-"""`python -m latentwire plots`: real PNGs (size, not blank) from curve CSVs and the frontier CSV
-that evaluate writes; the frontier rows carry the right bytes per variant."""
+"""`python -m latentwire plots`: one PNG per plot that dvc.yaml declares, drawn from the spec that
+`dvc plots show --json` (`dvc plots diff --json REV` with --base) gives, in a git + DVC repository
+with this project's dvc.yaml, templates and metrics (plots_repo.py); the frontier rows that evaluate
+writes carry the right bytes per variant."""
 import csv
 
-import numpy as np
 import pytest
 from fake_eval import fake_metrics
+from plots_repo import declared_plots, make_repo
 
 from latentwire import __main__ as cli
 from latentwire import evaluate, plots
 
-CURVE_COLS = ["step", "K", "dev_first_acc", "dev_loss", "hint_acc", "llama/ce", "llama/first_acc",
-              "llama/kd", "loss", "lr", "qwen/ce", "qwen/first_acc", "qwen/kd"]  # as train.py writes
-
-
-def write_curve(path, steps: int, eval_every: int = 4) -> None:
-    rng = np.random.default_rng(steps)
-    lines = [",".join(CURVE_COLS)]
-    for s in range(1, steps + 1):
-        dev = s % eval_every == 0 or s == steps
-        row = {"step": s, "K": 2 + s // 6, "lr": 1e-3 * (1 - s / steps), "hint_acc": rng.random(),
-               "loss": 10 / s + rng.random(), "dev_loss": 9 / s if dev else "", "dev_first_acc": s / 20 if dev else ""}
-        for slot in ("llama", "qwen"):
-            row |= {f"{slot}/kd": 3 / s, f"{slot}/ce": 7 / s, f"{slot}/first_acc": rng.random() / 2}
-        lines.append(",".join(str(row[c]) for c in CURVE_COLS))
-    path.write_text("\n".join(lines) + "\n")
-
 
 @pytest.fixture
 def run_dir(tmp_path):
-    (tmp_path / "metrics/train").mkdir(parents=True)
-    write_curve(tmp_path / "metrics/train/stage1_curve.csv", 16)
-    write_curve(tmp_path / "metrics/train/stage2_curve.csv", 9)
+    (tmp_path / "metrics").mkdir(parents=True)
     metrics = fake_metrics(seed=7, datasets=("hotpotqa", "nq", "squad"))
     del metrics["qwen"]["nq"]["m_token"]["bytes"]  # baselines from before the M-token byte count
     evaluate.write_frontier(tmp_path / "metrics/frontier.csv", metrics, ["llama", "qwen"])
@@ -53,11 +37,11 @@ def test_frontier_csv_rows(run_dir):
     assert by["qwen", "nq", "m_token"]["bytes"] == ""  # no byte count: left empty, still plotted as F1
 
 
-def not_blank(path, shape):
+def not_blank(path):
     from matplotlib.image import imread
 
     img = imread(path)
-    assert img.shape[:2] == shape, (path.name, img.shape)
+    assert img.shape[0] > 100 and img.shape[1] > 200, (path.name, img.shape)
     rgb = img[..., :3]
     ink = (rgb < 0.9).any(axis=-1).mean()  # share of non-white pixels
     colour = (rgb.max(axis=-1) - rgb.min(axis=-1) > 0.2).mean()  # share of coloured pixels
@@ -65,28 +49,41 @@ def not_blank(path, shape):
     assert colour > 0.001 and rgb.std() > 0.05, (path.name, colour, rgb.std())
 
 
-def test_pngs(run_dir, capsys):
-    root, _ = run_dir
-    out = root / "plots"
-    assert cli.main(["plots", "--out", str(out), "--train-dir", str(root / "metrics/train"),
-                     "--frontier", str(root / "metrics/frontier.csv")]) == 0
-    names = sorted(p.name for p in out.iterdir())
-    assert names == ["curves_stage1.png", "curves_stage2.png", "f1_bars.png", "frontier.png"]
-    assert str(out / "frontier.png") in capsys.readouterr().out
-    px = lambda inches: round(inches * plots.DPI)  # noqa: E731  fixed sizes: no tight bbox
-    for stage in ("stage1", "stage2"):
-        not_blank(out / f"curves_{stage}.png", (px(plots.CURVE_SIZE[1]), px(plots.CURVE_SIZE[0])))
-    # 2 models x 3 datasets
-    not_blank(out / "frontier.png", (px(2 * plots.FRONTIER_PANEL[1]), px(3 * plots.FRONTIER_PANEL[0])))
-    not_blank(out / "f1_bars.png", (px(plots.BARS_PANEL[1]), px(3 * plots.BARS_PANEL[0])))
+def test_one_png_per_declared_plot(tmp_path, monkeypatch, capsys):
+    repo = make_repo(tmp_path / "repo")
+    monkeypatch.chdir(repo)
+    assert cli.main(["plots", "--out", "show"]) == 0
+    names = sorted(plots.png_name(p) for p in declared_plots())
+    assert len(set(names)) == len(names) and "frontier.png" in names  # metrics/frontier.csv: its stem
+    assert sorted(p.name for p in (repo / "show").iterdir()) == names
+    assert "show/frontier.png" in capsys.readouterr().out
+    for name in names:
+        not_blank(repo / "show" / name)
+
+    # --base: DVC's diff spec (HEAD~1 holds half of each CSV, a second colour), a different picture each
+    assert cli.main(["plots", "--out", "diff", "--base", "HEAD~1"]) == 0
+    assert sorted(p.name for p in (repo / "diff").iterdir()) == names
+    same = [n for n in names if (repo / "diff" / n).read_bytes() == (repo / "show" / n).read_bytes()]
+    assert same == []
 
 
-def test_curves_only_and_nothing_to_plot(tmp_path, capsys):
-    (tmp_path / "train").mkdir()
-    write_curve(tmp_path / "train/stage3_curve.csv", 5)
-    written = plots.main(str(tmp_path / "train"), str(tmp_path / "none.csv"), str(tmp_path / "out"))
-    assert [p.name for p in written] == ["curves_stage3.png"]
-    assert "none.csv not found" in capsys.readouterr().err
-    assert cli.main(["plots", "--train-dir", str(tmp_path / "empty"), "--frontier", str(tmp_path / "none.csv"),
-                     "--out", str(tmp_path / "out2")]) == 1
-    assert "nothing to plot" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+def test_missing_data_is_left_out_and_said(tmp_path, monkeypatch, capsys):
+    declared = declared_plots()
+    gone = {p for p, files in declared.items() if "metrics/frontier.csv" in files}
+    assert gone and len(gone) < len(declared)
+    repo = make_repo(tmp_path / "repo", drop=("metrics/frontier.csv",))
+    monkeypatch.chdir(repo)
+    assert cli.main(["plots", "--out", "pngs"]) == 0
+    assert sorted(p.name for p in (repo / "pngs").iterdir()) == sorted(
+        plots.png_name(p) for p in declared if p not in gone)
+    err = capsys.readouterr().err
+    for p in gone:
+        assert f"plots: {p} left out: metrics/frontier.csv at workspace: not found" in err
+
+
+def test_nothing_to_plot(tmp_path, monkeypatch, capsys):
+    files = {f for fs in declared_plots().values() for f in fs}
+    repo = make_repo(tmp_path / "repo", drop=tuple(files))
+    monkeypatch.chdir(repo)
+    assert cli.main(["plots", "--out", "pngs"]) == 1
+    assert "nothing to plot" in capsys.readouterr().err and not (repo / "pngs").exists()
