@@ -16,6 +16,7 @@ import importlib.util
 import json
 import shutil
 import subprocess
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -25,8 +26,10 @@ from plots_repo import REPO, declared_plots, dvc, make_repo
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
                  if shutil.which(n)), None)
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium not found: `apt-get install chromium` (.ci/run installs it)")
+NO_CHROMIUM = "headless Chromium not found: `apt-get install chromium` (.ci/run installs it)"
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+if CHROMIUM is None:  # said in pytest's default summary too, not only under -rs
+    warnings.warn(f"the offline plots page is not tested in a browser: {NO_CHROMIUM}", stacklevel=1)
 PAGE = REPO / ".dvc/plots/offline.html"
 WINDOW = (1280, 5000)
 
