@@ -33,3 +33,53 @@ class Adapter(nn.Module):
     def resize(self, M: int) -> None:
         """Interpolate the positional table to M slots (a new Parameter: rebuild the optimiser)."""
         self.pos = nn.Parameter(resize_rows(self.pos, M))
+
+
+class TokenAdapter(nn.Module):
+    """encoder.kind "ids": a slot's codebook id -> the soft token this model reads.
+
+    The base is frozen and not saved: the model's own input embedding of the id's string (the
+    mean over its tokens where its tokenizer splits the string: one position all the same).
+    Learned on top, both zero at the start, so step 0 reads exactly the string mapping: a
+    low-rank residual correction and a position per slot."""
+
+    def __init__(self, hidden: int, M: int, rank: int = 64):
+        super().__init__()
+        self.table: torch.Tensor | None = None  # set_table(); [V_codebook, hidden]
+        self.delta = nn.Sequential(nn.Linear(hidden, rank), nn.GELU(), nn.Linear(rank, hidden))
+        nn.init.zeros_(self.delta[2].weight)
+        nn.init.zeros_(self.delta[2].bias)
+        self.pos = nn.Parameter(torch.zeros(M, hidden))
+
+    def set_table(self, table: torch.Tensor) -> None:
+        self.table = table
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [n] -> soft tokens [n, hidden] (n <= M)."""
+        if self.table is None:
+            raise RuntimeError("TokenAdapter: call set_table(string_table(...)) first")
+        e = self.table[ids.to(self.table.device)].to(self.pos.device, self.pos.dtype)
+        return e + self.delta(e) + self.pos[:len(ids)]
+
+    @torch.no_grad()
+    def resize(self, M: int) -> None:
+        self.pos = nn.Parameter(resize_rows(self.pos, M))
+
+
+@torch.no_grad()
+def string_table(codebook_tokenizer, receiver) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every codebook (sender) id: the receiver's input embedding of the same string (the
+    mean over the receiver's tokens of it) [V, H], and how many receiver tokens that takes [V]."""
+    E = receiver.model.get_input_embeddings().weight.detach().float()
+    rtok = receiver.tokenizer
+    if codebook_tokenizer.get_vocab() == rtok.get_vocab():
+        return E, torch.ones(E.shape[0], dtype=torch.long)
+    V = len(codebook_tokenizer)
+    tokens = codebook_tokenizer.convert_ids_to_tokens(list(range(V)))
+    strings = [codebook_tokenizer.convert_tokens_to_string([t]) for t in tokens]
+    enc = rtok(strings, add_special_tokens=False)["input_ids"]
+    out, counts = torch.zeros(V, E.shape[1]), torch.zeros(V, dtype=torch.long)
+    for i, ids in enumerate(enc):
+        if ids:
+            out[i], counts[i] = E[ids].mean(0), len(ids)
+    return out, counts

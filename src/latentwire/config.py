@@ -47,6 +47,7 @@ class DataConfig:
     eval_fraction: float = 0.2       # share of titles held out for eval (split by title hash)
     train_examples: int = 256        # size of the train mix, split by weight
     max_context_chars: int = 1200    # longer contexts: a window of this size around the answer
+    pick_pool: int = 6000            # train-split examples (never an eval title) to fit the pick on
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -122,7 +123,7 @@ class EncoderConfig:
     states of a frozen model slot (`feature_model`, layer `feature_layer`) reading the full
     text prompt, then the same transformer + pooling (a pretrained-feature encoder). kind
     "tokens": picked prompt tokens, each sent as a learned code (tokens.py)."""
-    kind: str = "bytes"              # bytes | lm | tokens
+    kind: str = "bytes"              # bytes | lm | tokens | ids
     feature_model: str = ""          # lm: the model slot whose hidden states are the input
     feature_layer: int = -1          # lm: index into hidden_states (-1: the last, after the norm)
     d_z: int = 256                   # encoder width
@@ -133,13 +134,26 @@ class EncoderConfig:
     hint_buckets: int = 8            # answer-length hint classes, sent as hint_bytes
 
     def __post_init__(self):
-        _choice("kind", self.kind, ("bytes", "lm", "tokens"))
+        _choice("kind", self.kind, ("bytes", "lm", "tokens", "ids"))
         if self.kind != "bytes" and not self.feature_model:
             raise ConfigError(f"encoder.feature_model: the {self.kind} encoder needs a model slot")
         if self.d_z % self.heads:
             raise ConfigError("encoder.d_z must be divisible by encoder.heads")
         if not 1 <= self.hint_buckets <= 256:
             raise ConfigError("encoder.hint_buckets must be in [1, 256] (one uint8 on the wire)")
+
+
+@dataclass
+class PickConfig:
+    """encoder.kind ids: the sender's pick (pick.py), fitted by the `pick` stage."""
+    span: int = 12                   # tokens per picked span (around its best-rated token)
+    hidden: int = 64                 # the pick MLP's width
+    epochs: int = 6                  # passes over the pool's tokens
+    max_tokens: int = 1024           # longer contexts are read up to this many sender tokens
+
+    def __post_init__(self):
+        if self.span < 1 or self.hidden < 1 or self.epochs < 1 or self.max_tokens < 1:
+            raise ConfigError("pick: span, hidden, epochs and max_tokens must be >= 1")
 
 
 @dataclass
@@ -203,6 +217,7 @@ class Params:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     wire: WireConfig = field(default_factory=WireConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    pick: PickConfig = field(default_factory=PickConfig)
     teachers: dict[str, list[ModelConfig]] = field(default_factory=dict)  # empty: the student itself
     # slot -> device map for all of that slot's teachers ("cuda:2", "auto"); a teacher's own
     # device_map wins; absent: auto placement (placement.py)
@@ -221,8 +236,8 @@ class Params:
             for slot in getattr(self, key):
                 if slot not in self.models:
                     raise ConfigError(f"{key}.{slot}: no such model slot {list(self.models)}")
-        if self.encoder.kind == "tokens" and self.wire.shared_fraction != 1.0:
-            raise ConfigError("wire.shared_fraction: the tokens encoder shares every slot: set 1.0")
+        if self.encoder.kind in ("tokens", "ids") and self.wire.shared_fraction != 1.0:
+            raise ConfigError(f"wire.shared_fraction: the {self.encoder.kind} encoder shares every slot: set 1.0")
         if self.encoder.kind != "bytes" and self.encoder.feature_model not in self.models:
             raise ConfigError(f"encoder.feature_model: no such model slot "
                               f"{self.encoder.feature_model!r} {list(self.models)}")

@@ -350,3 +350,21 @@ def make_mix(data_cfg, loaded: dict[str, list[Example]], seed: int = 0, max_exam
         train += tr
         evals += ev
     return train, evals, {"datasets": info, "notes": notes}
+
+
+def pick_pool(data_cfg, loaded: dict[str, list[Example]], seed: int = 0) -> list[Example]:
+    """Up to data.pick_pool train-split examples, shared out by weight, for fitting the pick
+    (eval-only datasets and eval titles give none)."""
+    pools = {}
+    for name, examples in loaded.items():
+        cfg = data_cfg.datasets[name]
+        pools[name] = [] if len(examples) < cfg.min_train_pool else split_by_title(examples, data_cfg.eval_fraction)[0]
+    want = shares(data_cfg.pick_pool, {n: data_cfg.datasets[n].weight for n in loaded if pools[n]})
+    # a share a dataset cannot fill goes to the others
+    short = sum(max(0, k - len(pools[n])) for n, k in want.items())
+    out = []
+    for name in sorted(want, key=lambda n: len(pools[n])):
+        k = min(len(pools[name]), want[name] + short)
+        short -= max(0, k - want[name])
+        out += sample(pools[name], k, seed)
+    return out

@@ -39,11 +39,14 @@ from .latent import LatentWire, Receiver
 from .llm import FrozenLLM, load_frozen
 from .losses import pairwise_cosine
 from .metrics import best_em, best_f1
+from . import payload, pick, stats
+from .sender import Sender
 from .signals import stop_requests
 from .wire import cut_utf8, wire_bytes
 
 PRECISIONS = {"fp16": 16, "int8": 8, "int4": 4}
-VARIANTS = ("text", "m_token", "equal_byte", *(f"latent_{name}" for name in PRECISIONS))
+SELECTED = ("selected_text", "selected_equal_byte")  # encoder.kind ids: the pick as plain text
+VARIANTS = ("text", "m_token", "equal_byte", *SELECTED, "latent_ids", *(f"latent_{name}" for name in PRECISIONS))
 
 
 def clean(text: str) -> str:
@@ -97,11 +100,17 @@ def cut_tokens(llm: FrozenLLM, text: str, n: int) -> str:
     return llm.tokenizer.decode(ids)
 
 
-def text_variants(llm: FrozenLLM, row: dict, M: int, B: int) -> dict[str, str]:
-    """The prompt of each text baseline for one example."""
+def text_variants(llm: FrozenLLM, row: dict, M: int, B: int, selected: str | None = None) -> dict[str, str]:
+    """The prompt of each text baseline for one example; with `selected` (the picked tokens
+    as text, encoder.kind ids) also selected_text (cut to M of this model's tokens) and
+    selected_equal_byte (cut to B bytes)."""
     t, q, c = llm.template, row["question"], row["context"]
-    return {"text": t.render(c, q), "m_token": t.render(cut_tokens(llm, c, M), q),
-            "equal_byte": t.render(cut_utf8(c, B), q)}
+    out = {"text": t.render(c, q), "m_token": t.render(cut_tokens(llm, c, M), q),
+           "equal_byte": t.render(cut_utf8(c, B), q)}
+    if selected is not None:
+        out["selected_text"] = t.render(cut_tokens(llm, selected, M), q)
+        out["selected_equal_byte"] = t.render(cut_utf8(selected, B), q)
+    return out
 
 
 def score(preds: list[str], rows: list[dict]) -> dict[str, float]:
@@ -117,23 +126,35 @@ def by_dataset(rows: list[dict]) -> dict[str, list[dict]]:
     return dict(sorted(out.items()))
 
 
-def evaluate_model(llm: FrozenLLM, rows: list[dict], M: int, B: int, max_new_tokens: int,
-                   batch_size: int, predictions: list[dict]) -> dict:
-    """The three text baselines for one model, per dataset; appends per-example predictions."""
+def evaluate_model(llm: FrozenLLM, rows: list[dict], M: int, B, max_new_tokens: int,
+                   batch_size: int, predictions: list[dict], selected: dict | None = None) -> dict:
+    """The text baselines for one model, per dataset; appends per-example predictions.
+    B: the equal-byte budget, one int or per example id (the measured payload, kind ids);
+    selected: the picked text per example id (kind ids: adds the SELECTED baselines)."""
     result = {}
+    budget = (lambda r: B[r["id"]]) if isinstance(B, dict) else (lambda r: B)  # noqa: E731
+    names = ("text", "m_token", "equal_byte") + (SELECTED if selected is not None else ())
     for ds, ds_rows in by_dataset(rows).items():
-        variants = [text_variants(llm, r, M, B) for r in ds_rows]
+        variants = [text_variants(llm, r, M, budget(r), selected and selected[r["id"]]) for r in ds_rows]
         bodies = [llm.template.body(r["context"], r["question"]) for r in ds_rows]
         res = {"n": len(ds_rows),
                "prompt_bytes": sum(len(b.encode("utf-8")) for b in bodies) / len(bodies),
                "prompt_tokens": sum(len(llm.tokenizer(b, add_special_tokens=False)["input_ids"])
                                     for b in bodies) / len(bodies)}
         preds = {}
-        for name in ("text", "m_token", "equal_byte"):
+        for name in names:
             preds[name] = generate_text(llm, [v[name] for v in variants], max_new_tokens,
                                         batch_size, desc=f"{llm.slot}/{ds}/{name}")
             res[name] = score(preds[name], ds_rows)
-        res["m_token"]["tokens"], res["equal_byte"]["bytes"] = M, B
+        res["m_token"]["tokens"] = M
+        res["equal_byte"]["bytes"] = sum(budget(r) for r in ds_rows) / len(ds_rows)
+        res["context_bytes"] = sum(len(r["context"].encode("utf-8")) for r in ds_rows) / len(ds_rows)
+        res["question_bytes"] = sum(len(r["question"].encode("utf-8")) for r in ds_rows) / len(ds_rows)
+        if selected is not None:
+            cuts = [cut_tokens(llm, selected[r["id"]], M) for r in ds_rows]
+            res["selected_text"]["bytes"] = sum(len(c.encode("utf-8")) for c in cuts) / len(cuts)
+            res["selected_text"]["tokens"] = M
+            res["selected_equal_byte"]["bytes"] = res["equal_byte"]["bytes"]
         result[ds] = res
         for i, r in enumerate(ds_rows):
             predictions.append({"model": llm.slot, "dataset": ds, "id": r["id"],
@@ -202,11 +223,93 @@ def latent_model(llm: FrozenLLM, lw: LatentWire, rows: list[dict], encoded: dict
     return result
 
 
+@torch.inference_mode()
+def latent_ids_model(llm: FrozenLLM, lw: LatentWire, rows: list[dict], sent: dict, codebook: int,
+                     base: dict, params: Params, predictions: list[dict]) -> dict:
+    """encoder.kind ids: every answer decoded from the packed payload bytes (unpack -> ids ->
+    this model's adapter -> at most M positions, the question beside them as text). Per
+    dataset: F1/EM, the measured payload bytes, positions, and how exactly the slots arrive."""
+    rec, bs, result = Receiver(llm), params.evaluate.batch_size, {}
+    adapter, split = lw.adapters[llm.slot], lw.split[llm.slot]
+    E = torch.nn.functional.normalize(llm.model.get_input_embeddings().weight.detach().float(), dim=-1)
+    pred_rows = {(p["dataset"], p["id"]): p for p in predictions if p["model"] == llm.slot}
+    for ds, ds_rows in by_dataset(rows).items():
+        preds, n_pos, exact, readable, n_split, n_slots = [], [], 0, 0, 0, 0
+        for i in tqdm(range(0, len(ds_rows), bs), desc=f"{llm.slot}/{ds}/latent", leave=False, disable=None):
+            rests = []
+            for r in ds_rows[i:i + bs]:
+                wire_bytes_, picked = sent[r["id"]]
+                ids = torch.tensor(payload.unpack(wire_bytes_, codebook).ids, dtype=torch.long)
+                soft = adapter(ids)
+                rests.append(rec.rest(soft, r["question"]))
+                n_pos.append(len(ids))
+                n_slots += len(ids)
+                exact += sum(a == b for a, b in zip(ids.tolist(), picked))
+                n_split += int((split[ids] > 1).sum())
+                if len(ids):  # the model's nearest token to each soft token spells the sent string
+                    near = (torch.nn.functional.normalize(soft.float(), dim=-1) @ E.T).argmax(-1).tolist()
+                    readable += sum(llm.tokenizer.decode([a]) == lw.codebook_strings[b]
+                                    for a, b in zip(near, ids.tolist()))
+            preds += [clean(t) for t in rec.generate(rests, params.evaluate.max_new_tokens)]
+        for r, p in zip(ds_rows, preds):
+            row = pred_rows.setdefault((ds, r["id"]), {"model": llm.slot, "dataset": ds, "id": r["id"],
+                                                       "question": r["question"], "answers": r["answers"]})
+            row["pred_latent_ids"], row["f1_latent_ids"] = p, best_f1(p, r["answers"])
+        sizes = [len(sent[r["id"]][0]) for r in ds_rows]
+        mean_bytes = sum(sizes) / len(sizes)
+        ctx = base[ds]["context_bytes"]
+        result[ds] = {
+            "latent_ids": {**score(preds, ds_rows), "distinct_ratio": len(set(preds)) / len(preds)},
+            "bytes": {"ids": {"per_model": mean_bytes, "max": max(sizes), "total": mean_bytes,
+                              "per_slot": sum(sizes) / max(sum(n_pos), 1),
+                              "text_over_wire": ctx / mean_bytes, "text_over_wire_total": ctx / mean_bytes}},
+            "positions": {"latent_mean": sum(n_pos) / len(n_pos), "latent_max": max(n_pos), "M": lw.M},
+            "slots": {"exact": exact / max(n_slots, 1), "readable": readable / max(n_slots, 1),
+                      "split": n_split / max(n_slots, 1)},
+            "tokens_over_M": base[ds]["prompt_tokens"] / lw.M}
+    predictions[:] = [p for p in predictions if p["model"] != llm.slot] + list(pred_rows.values())
+    return result
+
+
+def pick_metrics(sender: Sender, rows: list[dict], M: int, seed: int) -> dict:
+    """Per dataset: pick_recall (the gold answer wholly inside one picked span) beside the same
+    figure for the M-token cut, the lexical prior alone and a random M-token window."""
+    out: dict[str, dict] = {}
+    for ds, ds_rows in by_dataset(rows).items():
+        hits = defaultdict(int)
+        for k, r in enumerate(ds_rows):
+            p, c, a = sender.pick(r["question"], r["context"]), r["context"], r["answers"]
+            T = len(p.read.ids)
+            for name, spans in (("pick_recall", p.spans), ("m_token_cut", [(0, min(M, T))] if T else []),
+                                ("lexical", pick.lexical_spans(p.read, M)),
+                                ("random", pick.random_spans(T, M, seed + k))):
+                hits[name] += pick.contains_answer(pick.span_texts(p.read, c, spans), a)
+        out[ds] = {"n": len(ds_rows), **{k: v / len(ds_rows) for k, v in hits.items()}}
+    return out
+
+
+def add_cis(per_model: dict, predictions: list[dict], slot: str, seed: int) -> None:
+    """Paired bootstrap 95 % CIs of latent minus each baseline's F1, per dataset (under
+    <dataset>.ci) and pooled over datasets (under pooled)."""
+    preds = [p for p in predictions if p["model"] == slot and "f1_latent_ids" in p]
+    by_ds: dict[str, list[dict]] = defaultdict(list)
+    for p in preds:
+        by_ds[p["dataset"]].append(p)
+    pooled = {}
+    for base in ("text", "m_token", "equal_byte", *SELECTED):
+        diffs = {ds: [p["f1_latent_ids"] - p[f"f1_{base}"] for p in ps] for ds, ps in sorted(by_ds.items())}
+        for ds, d in diffs.items():
+            per_model[ds].setdefault("ci", {})[base] = stats.paired_ci({ds: d}, seed)
+        pooled[base] = stats.paired_ci(diffs, seed)
+    per_model["pooled"] = {"n": len(preds), "latent_ids_f1": sum(p["f1_latent_ids"] for p in preds) / max(len(preds), 1),
+                           "ci": pooled}
+
+
 def frontier_rows(metrics: dict, slots) -> list[dict]:
     """One row per model x dataset x variant: the bytes it sends and its F1/EM.
 
-    bytes: latent_* the per-model wire bytes at that precision; text the mean prompt bytes
-    (question + context); equal_byte the byte budget of its context cut; m_token the mean
+    bytes: latent_* the per-model wire bytes at that precision (kind ids: the mean measured
+    payload); text the mean context bytes (older metrics: prompt bytes); equal_byte the byte budget of its context cut; m_token the mean
     UTF-8 bytes of its M-token context cut (empty where metrics lack that count)."""
     rows = []
     for slot in slots:
@@ -219,7 +322,7 @@ def frontier_rows(metrics: dict, slots) -> list[dict]:
                 if v.startswith("latent_"):
                     nbytes = res["bytes"][v.removeprefix("latent_")]["per_model"]
                 elif v == "text":
-                    nbytes = res["prompt_bytes"]
+                    nbytes = res.get("context_bytes", res["prompt_bytes"])
                 else:
                     nbytes = res[v].get("bytes")
                 rows.append({"model": slot, "dataset": ds, "variant": v,
@@ -242,11 +345,12 @@ def partial_folder(part: str, baselines_path: str | Path, predictions_path: str 
     return Path(baselines_path if part == "text" else predictions_path).with_name("partial") / part
 
 
-def unit_inputs(part: str, eval_path, checkpoint, baselines_path) -> list[Path]:
+def unit_inputs(part: str, eval_path, checkpoint, baselines_path, pick_dir=None) -> list[Path]:
     """The files a unit's numbers come from: the eval file; the checkpoint unless part is text;
-    the saved baselines for part latent."""
+    the saved baselines for part latent; the fitted pick (kind ids)."""
     ckpt = [] if part == "text" else [Path(checkpoint) / "model.safetensors", Path(checkpoint) / "meta.json"]
-    return [Path(eval_path), *ckpt, *([Path(baselines_path)] if part == "latent" else [])]
+    pick_files = [Path(pick_dir) / "pick.safetensors"] if pick_dir else []
+    return [Path(eval_path), *ckpt, *([Path(baselines_path)] if part == "latent" else []), *pick_files]
 
 
 def unit_path(folder: Path, part: str, slot: str, cfg: ModelConfig, params: Params, files: list) -> Path:
@@ -301,7 +405,7 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
          metrics_path: str = "metrics/eval.json",
          predictions_path: str = "data/eval/predictions.jsonl", part: str = "all",
          baselines_path: str = "data/eval/text_baselines.json", checkpoint: str = "models/stage3/best",
-         frontier_path: str | None = None) -> dict:
+         frontier_path: str | None = None, pick_dir: str = "models/pick") -> dict:
     """part=text: the baselines only (-> baselines_path); part=latent: add the latent to them.
 
     The latent part also writes frontier_path (default: frontier.csv beside metrics_path)."""
@@ -309,19 +413,37 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
     torch.manual_seed(params.seed)
     rows = load_rows(eval_path, params.evaluate.max_examples)
     M = params.stage3.M
-    wire = {bits: wire_bytes(M, params.wire, bits, n_models=len(params.models)) for bits in (16, 8, 4)}
-    B = wire[params.wire.bits]["per_model"]
+    ids_kind = params.encoder.kind == "ids"
+    sender = sent = selected = None
+    if ids_kind:  # every example's payload, once: the equal-byte budget is its measured length
+        sender = Sender.load(params, pick_dir, M)
+        sent = {}
+        for r in tqdm(rows, desc="send", leave=False, disable=None):
+            p = sender.pick(r["question"], r["context"])
+            sent[r["id"]] = (payload.pack(payload.Latent(payload.KIND_IDS, 16, None, ids=p.ids), sender.codebook), p.ids)
+        selected = {i: sender.decode(ids) for i, (_, ids) in sent.items()}
+        B = {i: len(b) for i, (b, _) in sent.items()}
+        wire = {"ids": {"bits": 16, "per_slot_max": 2 + (payload.HEADER + payload.TRAILER) / M,
+                        "mean": sum(B.values()) / max(len(B), 1), "max": max(B.values(), default=0)}}
+        reported = 16
+    else:
+        wire_by_bits = {bits: wire_bytes(M, params.wire, bits, n_models=len(params.models)) for bits in (16, 8, 4)}
+        B = wire_by_bits[params.wire.bits]["per_model"]
+        wire = {name: wire_by_bits[bits] for name, bits in PRECISIONS.items()}
+        reported = params.wire.bits
     if part in ("text", "all"):
-        metrics: dict = {"M": M, "reported_bits": params.wire.bits, "equal_byte_budget": B,
-                         "wire": {name: wire[bits] for name, bits in PRECISIONS.items()}, "wall_s": {}}
+        metrics: dict = {"M": M, "reported_bits": reported,
+                         "equal_byte_budget": wire["ids"]["mean"] if ids_kind else B, "wire": wire, "wall_s": {}}
+        if ids_kind:
+            metrics["pick"] = pick_metrics(sender, rows, M, params.seed)
         predictions: list[dict] = []
     else:
         saved = json.loads(Path(baselines_path).read_text(encoding="utf-8"))
         metrics, predictions = saved["metrics"], saved["predictions"]
     lw, encoded, partial = None, None, partial_folder(part, baselines_path, predictions_path)
-    unit_files = unit_inputs(part, eval_path, checkpoint, baselines_path)
+    unit_files = unit_inputs(part, eval_path, checkpoint, baselines_path, pick_dir if ids_kind else None)
     models = placement.resolve(params).models  # null device_map: auto placement
-    fm = params.encoder.feature_model if params.encoder.kind != "bytes" else None
+    fm = params.encoder.feature_model if params.encoder.kind in ("lm", "tokens") else None
     if fm:  # the feature model first: it encodes for every receiver
         models = {s: models[s] for s in sorted(models, key=lambda s: s != fm)}
     for slot, cfg in models.items():
@@ -332,7 +454,7 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
         llm = load_frozen(slot, cfg, params.prompt, params.cache_dir)
         if part in ("text", "all"):
             metrics[slot] = evaluate_model(llm, rows, M, B, params.evaluate.max_new_tokens,
-                                           params.evaluate.batch_size, predictions)
+                                           params.evaluate.batch_size, predictions, selected)
             metrics[slot]["embedding"] = llm.embedding_stats()
         if part in ("latent", "all"):
             if lw is None:
@@ -343,15 +465,23 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
                 if fm:  # the feature model's own unit may have been reused: then load it here
                     lw.attach(llm if slot == fm else load_frozen(fm, models[fm], params.prompt,
                                                                  params.cache_dir))
-                encoded = encode_all(lw, llm.template, rows, params.evaluate.batch_size)
+                if not ids_kind:
+                    encoded = encode_all(lw, llm.template, rows, params.evaluate.batch_size)
                 lw.featurizer = None  # free the feature model
                 if params.encoder.kind == "tokens":
                     lw.encoder.llm = None
-            for ds, res in latent_model(llm, lw, rows, encoded, metrics[slot], wire, params,
-                                        predictions).items():
+            if ids_kind:
+                lw.set_table(sender.tokenizer, llm)
+                lw.codebook_strings = [sender.tokenizer.decode([i]) for i in range(len(sender.tokenizer))]
+                latent = latent_ids_model(llm, lw, rows, sent, sender.codebook, metrics[slot], params, predictions)
+            else:
+                latent = latent_model(llm, lw, rows, encoded, metrics[slot], wire_by_bits, params, predictions)
+            for ds, res in latent.items():
                 metrics[slot][ds].update(res)
                 # here, not in the text part: data/eval/text_baselines.json stays as it was
                 metrics[slot][ds]["m_token"]["bytes"] = m_token_bytes(llm, [r for r in rows if r["dataset"] == ds], M)
+            if ids_kind:
+                add_cis(metrics[slot], predictions, llm.slot, params.seed)
         metrics["wall_s"][f"{part}/{slot}"] = round(time.time() - t0, 1)
         save_unit(unit, slot, part, metrics, predictions)
         print(f"evaluate ({part}): {slot} done in {time.time() - t0:.0f}s")
@@ -377,6 +507,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default="metrics/eval.json", help="metrics output (JSON)")
     p.add_argument("--predictions", default="data/eval/predictions.jsonl",
                    help="per-example predictions of every baseline and precision (JSONL)")
+    p.add_argument("--pick", default="models/pick", help="the fitted pick (encoder.kind ids; default: %(default)s)")
     p.add_argument("--frontier", default=None,
                    help="F1 vs wire bytes per model x dataset x variant (CSV; default: frontier.csv "
                         "beside --metrics)")
@@ -387,4 +518,4 @@ def run(args: argparse.Namespace) -> None:
     with stop_requests(at_once=True, message=f"evaluate ({args.part}): {{signal}}: finished units are "
                                              f"kept in {partial}, rerun to resume"):
         main(args.params, args.eval, args.metrics, args.predictions, args.part, args.baselines,
-             args.checkpoint, args.frontier)
+             args.checkpoint, args.frontier, args.pick)

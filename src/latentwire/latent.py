@@ -15,13 +15,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .adapter import Adapter
+from .adapter import Adapter, TokenAdapter, string_table
 from .config import Params
 from .encoder import LatentEncoder, encode_bytes
 from .features import Featurizer
 from .tokens import TokenSender
 from .io import atomic_path, write_json
-from .llm import FrozenLLM
+from .llm import BODY, FrozenLLM
 from .wire import quantize
 
 ARCH_FIELDS = ("kind", "feature_model", "feature_layer", "d_z", "layers", "heads", "max_bytes",
@@ -42,6 +42,14 @@ class LatentWire(nn.Module):
                      "shared_fraction": w.shared_fraction, "slots": slots, "hidden": hidden}
         self.group_size, self.bits = w.group_size, w.bits
         self.featurizer = None  # kind "lm": a features.Featurizer (not a module: never trained or saved)
+        if e.kind == "ids":  # the sender (sender.py) is fitted by the pick stage, not here
+            self.encoder = IdSlots(M)
+            self.adapters = nn.ModuleDict({s: TokenAdapter(hidden[s], M) for s in slots})
+            self.split = {}
+            if llms is not None:
+                for s in slots:
+                    self.set_table(llms[e.feature_model].tokenizer, llms[s])
+            return
         if e.kind == "tokens":
             self.encoder = TokenSender(e, w.d_wire, M, hidden[e.feature_model])
         else:
@@ -65,6 +73,12 @@ class LatentWire(nn.Module):
             self.encoder.llm = llm
         else:
             self.featurizer = Featurizer(llm, self.arch["feature_layer"], self.arch["max_bytes"])
+
+    def set_table(self, codebook_tokenizer, llm: FrozenLLM) -> None:
+        """kind ids: the frozen string mapping codebook id -> llm's embedding (not saved), and
+        how many of llm's tokens each codebook string takes (self.split[slot])."""
+        table, self.split[llm.slot] = string_table(codebook_tokenizer, llm)
+        self.adapters[llm.slot].set_table(table)
 
     def quantize_codes(self, z, qat: bool = False):
         """Codes [N, d_wire] through the wire's quantisation, as one block (group scales)."""
@@ -98,11 +112,14 @@ class LatentWire(nn.Module):
             view = torch.cat([quantize(b, bits, self.group_size, qat) for b in blocks], dim=1)
         return self.adapters[slot](view, hint)
 
-    def forward(self, texts: list[str], qat: bool = False):
+    def forward(self, texts: list, qat: bool = False):
         """The training path in one call (what DistributedDataParallel wraps): Z, hint logits
         and every slot's soft tokens, fed the sender's own predicted hint (and, kind "tokens",
         the scorer's logits). qat: through the wire's quantisation at wire.bits, with
         straight-through gradients."""
+        if self.arch["kind"] == "ids":  # texts: the picked ids per example; no Z, hint or scores
+            ids = texts
+            return None, None, {s: [a(i) for i in ids] for s, a in self.adapters.items()}, None
         z, hint_logits, _, *scores = self.encode(texts, with_scores=True)
         hint = hint_logits.argmax(-1)
         bits = self.bits if qat else None
@@ -139,23 +156,45 @@ class LatentWire(nn.Module):
         return meta
 
 
+class IdSlots(nn.Module):
+    """kind ids: the wire side of the model holds nothing learned, only the budget M (the
+    ids come from sender.Sender, which the pick stage fits)."""
+    S, P = property(lambda self: self.M), 0
+
+    def __init__(self, M: int):
+        super().__init__()
+        self.M = M
+
+    def resize(self, M: int) -> None:
+        self.M = M
+
+
 # ---------------------------------------------------------------- the frozen receiver
 class Receiver:
-    """Feeds [template prefix, soft tokens, template suffix, answer tokens] to a frozen LLM.
+    """Feeds [template prefix, the rest, answer tokens] to a frozen LLM.
+
+    The rest is, for the learned senders, the M soft tokens then the template suffix (the latent
+    stands for the whole body). For encoder.kind "ids" it is per example (`rest`): "Context:",
+    at most M slots, then "\nQuestion: <question>" and the suffix as text, the question beside
+    the slots exactly as every text baseline has it. Rests of different lengths are padded
+    between the prefix and the rest (masked; positions follow the mask).
 
     The prefix (chat scaffolding, instruction, one-shot example) is the same for every
     example, so its key/value cache is computed once and copied per batch: each step then
-    runs the model only over the M soft tokens, the suffix and the answer.
+    runs the model only over the rest and the answer.
     """
 
     def __init__(self, llm: FrozenLLM):
         self.llm = llm
         tok, model = llm.tokenizer, llm.model
-        ids = lambda text: torch.tensor(tok(text, add_special_tokens=False)["input_ids"],  # noqa: E731
-                                        device=llm.device)
-        self.prefix_ids, self.suffix_ids = ids(llm.template.prefix), ids(llm.template.suffix)
+        self.prefix_ids, self.suffix_ids = self.ids(llm.template.prefix), self.ids(llm.template.suffix)
+        self.context_ids = self.ids(BODY.split("{context}")[0].rstrip())  # "Context:"
         with torch.no_grad():
             self.prefix_cache = model(input_ids=self.prefix_ids[None], use_cache=True).cache
+
+    def ids(self, text: str) -> torch.Tensor:
+        return torch.tensor(self.llm.tokenizer(text, add_special_tokens=False)["input_ids"],
+                            dtype=torch.long, device=self.llm.device)
 
     def cache(self, batch: int):
         c = copy.deepcopy(self.prefix_cache)
@@ -169,25 +208,54 @@ class Receiver:
         """Soft tokens onto the LLM's device and dtype (it may sit on another GPU, in bf16)."""
         return soft.to(self.llm.device, self.llm.model.get_input_embeddings().weight.dtype)
 
+    def rest(self, slots, question: str):
+        """kind ids: "Context:" + the slots [n, H] + "\nQuestion: <question>" + suffix, [T, H]."""
+        tail = self.ids(BODY.split("{question}")[0].split("{context}")[1] + question + self.llm.template.suffix)
+        return torch.cat([self.embed(self.context_ids), self.to_llm(slots), self.embed(tail)])
+
+    def rests(self, soft) -> list:
+        """A [B, M, H] batch of soft tokens (the learned senders) -> rests with the suffix."""
+        if isinstance(soft, (list, tuple)):
+            return list(soft)
+        suffix = self.embed(self.suffix_ids)
+        return [torch.cat([self.to_llm(s), suffix]) for s in soft]
+
+    def pad(self, rests: list):
+        """Left-pad the rests: x [B, T, H] and the mask over prefix + rest [B, P + T]."""
+        T, P, B = max(len(r) for r in rests), len(self.prefix_ids), len(rests)
+        H = rests[0].shape[-1]
+        x = rests[0].new_zeros(B, T, H)
+        mask = torch.zeros(B, P + T, dtype=torch.long, device=x.device)
+        mask[:, :P] = 1
+        rows = []
+        for b, r in enumerate(rests):
+            rows.append(torch.cat([x.new_zeros(T - len(r), H), r]) if len(r) < T else r)
+            mask[b, P + T - len(r):] = 1
+        return torch.stack(rows), mask
+
     def answer_logits(self, soft, answer_ids):
         """Logits predicting each answer token j (teacher-forced), [B, K, V] float32, on the
-        soft tokens' device."""
-        B, back = soft.shape[0], soft.device
-        soft, answer_ids = self.to_llm(soft), answer_ids.to(self.llm.device)
-        x = torch.cat([soft, self.embed(self.suffix_ids).expand(B, -1, -1), self.embed(answer_ids[:, :-1])], 1)
-        mask = torch.ones(B, len(self.prefix_ids) + x.shape[1], dtype=torch.long, device=x.device)
+        soft tokens' device. soft: [B, M, H] (learned senders) or a list of rests (kind ids)."""
+        rests = self.rests(soft)
+        back = rests[0].device if isinstance(soft, (list, tuple)) else soft.device
+        rests = [self.to_llm(r) for r in rests]
+        B, answer_ids = len(rests), answer_ids.to(self.llm.device)
+        x, mask = self.pad(rests)
+        x = torch.cat([x, self.embed(answer_ids[:, :-1])], 1)
+        mask = torch.cat([mask, torch.ones_like(answer_ids[:, :-1])], 1)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)[:, len(self.prefix_ids):]
         # the last K positions are exactly those predicting answer tokens 0..K-1
-        out = self.llm.model(inputs_embeds=x, attention_mask=mask, cache=self.cache(B), use_cache=True,
-                             logits_to_keep=answer_ids.shape[1])
+        out = self.llm.model(inputs_embeds=x, attention_mask=mask, position_ids=pos, cache=self.cache(B),
+                             use_cache=True, logits_to_keep=answer_ids.shape[1])
         return out.logits.float().to(back)
 
     @torch.inference_mode()
     def generate(self, soft, max_new_tokens: int) -> list[str]:
-        """Greedy answers from the latent prompt (every prompt has the same length: no padding)."""
-        B, soft = soft.shape[0], self.to_llm(soft)
-        x = torch.cat([self.embed(self.prefix_ids).expand(B, -1, -1), soft,
-                       self.embed(self.suffix_ids).expand(B, -1, -1)], 1)
-        mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+        """Greedy answers: soft [B, M, H] (learned senders) or a list of rests (kind ids)."""
+        rests = [self.to_llm(r) for r in self.rests(soft)]
+        B = len(rests)
+        x, mask = self.pad(rests)
+        x = torch.cat([self.embed(self.prefix_ids).expand(B, -1, -1), x], 1)
         tok = self.llm.tokenizer
         gen = self.llm.model.generate(inputs_embeds=x, attention_mask=mask, cache=self.cache(B),
                                       max_new_tokens=max_new_tokens, do_sample=False,

@@ -1,8 +1,10 @@
-"""prepare-mix stage: params.data -> data/mix/{train,eval}.jsonl + metrics/data.json.
+"""prepare-mix stage: params.data -> data/mix/{train,eval,pool}.jsonl + metrics/data.json.
+
+pool.jsonl: up to data.pick_pool train-split examples (never an eval title) for the `pick` stage.
 
     python -m latentwire.prepare --params params.yaml --out data/mix --metrics metrics/data.json
 
-All datasets are read and the mix is built before anything is written; the three
+All datasets are read and the mix is built before anything is written; the four
 outputs are then renamed into place together, so a failure leaves no partial file.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main(params_path="params.yaml", out_dir="data/mix", metrics_path="metrics/da
     for name, cfg in params.data.datasets.items():
         loaded[name], stats[name] = data.load(name, cfg, root, params.data.max_context_chars)
     train, evals, info = data.make_mix(params.data, loaded, params.seed)
+    pool = data.pick_pool(params.data, loaded, params.seed)
 
     metrics = {name: {**info["datasets"][name], **stats[name]} for name in loaded}
     notes = info["notes"]
@@ -38,12 +41,13 @@ def main(params_path="params.yaml", out_dir="data/mix", metrics_path="metrics/da
         if m["context_cut"]:
             notes.append(f"{name}: {m['context_cut']} contexts cut to {params.data.max_context_chars} chars "
                          "around the answer")
+    metrics["pick_pool"] = {name: sum(ex.dataset == name for ex in pool) for name in loaded}
     metrics["notes"] = notes
 
     out_dir = Path(out_dir)
     with ExitStack() as stack:  # all three tmp files are renamed only if every write succeeded
         files = [(stack.enter_context(atomic_path(out_dir / f"{split}.jsonl")), rows)
-                 for split, rows in (("train", train), ("eval", evals))]
+                 for split, rows in (("train", train), ("eval", evals), ("pool", pool))]
         for tmp, rows in files:
             tmp.write_text("".join(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n" for ex in rows),
                            encoding="utf-8")

@@ -39,6 +39,7 @@ from .io import atomic_dir, atomic_path, package_sha256, read_jsonl, restore_dir
 from .kd import cache_key, file_sha256, load_cache, teacher_hash
 from .latent import LatentWire, Receiver
 from .llm import load_frozen
+from .sender import Sender
 from .tokens import codec_warm_start, scorer_warm_start
 from .losses import (ce_loss, first_token_correct, hard_negative_weights, kd_loss, pairwise_cosine,
                      teacher_entropy)
@@ -133,7 +134,10 @@ class Stage:
             self.kd[s] = ({i: n for n, i in enumerate(cache["ids"])}, cache)
             kd_keys[s] = key
         self.model = LatentWire(params, self.sc.M, self.llms)
-        if params.encoder.kind != "bytes":
+        self.sender, self.picked = None, {}
+        if params.encoder.kind == "ids":  # the fitted pick, at this stage's M; ids memoised per row
+            self.sender = Sender.load(params, root / "models" / "pick", self.sc.M)
+        elif params.encoder.kind != "bytes":
             self.model.attach(self.llms[params.encoder.feature_model])
         prev = PREVIOUS[stage]
         self.prev_meta = self.model.load(root / "models" / prev / "best") if prev else None
@@ -173,8 +177,28 @@ class Stage:
     def body(self, row: dict) -> str:
         return self.llms[next(iter(self.llms))].template.body(row["context"], row["question"])
 
+    def ids(self, row: dict) -> torch.Tensor:
+        if row["id"] not in self.picked:
+            self.picked[row["id"]] = torch.tensor(self.sender.pick(row["question"], row["context"]).ids)
+        return self.picked[row["id"]]
+
+    def slot_loss(self, slot: str, logits, t: dict, logs: dict) -> torch.Tensor:
+        """KD (hard-negative weighted) + CE for one model slot; its numbers go to `logs`."""
+        p, sc = self.params, self.sc
+        kd = kd_loss(logits, t["top_idx"].long(), t["top_logp"].float(), t["answer_mask"], p.kd.tau)
+        ce = ce_loss(logits, t["answer_ids"], t["answer_mask"])
+        first = first_token_correct(logits, t["answer_ids"])
+        w = (hard_negative_weights(first, teacher_entropy(t["top_logp"].float(), t["answer_mask"]),
+                                   math.log(p.kd.k + 1)) if p.train.hard_negative
+             else torch.ones_like(kd))
+        logs.update({f"{slot}/kd": kd.mean().item(), f"{slot}/ce": ce.mean().item(),
+                     f"{slot}/first_acc": first.mean().item()})
+        return p.train.model_weights.get(slot, 1.0) * (sc.kd * (w * kd).mean() + sc.ce * ce.mean())
+
     def losses(self, rows: list[dict], K: int) -> tuple[torch.Tensor, dict]:
         """Summed loss over model slots and the per-slot numbers for the curves."""
+        if self.sender is not None:
+            return self.id_losses(rows, K)
         p, sc = self.params, self.sc
         texts = [self.body(r) for r in rows]
         z, hint_logits, softs, scores = self.net(texts, p.train.qat)  # fed the sender's own predicted hint
@@ -192,16 +216,17 @@ class Stage:
         for slot, rec in self.receivers.items():
             t = {k: v[:, :K].to(z.device) for k, v in self.targets(slot, rows).items()}
             logits = rec.answer_logits(softs[slot], t["answer_ids"])
-            kd = kd_loss(logits, t["top_idx"].long(), t["top_logp"].float(), t["answer_mask"], p.kd.tau)
-            ce = ce_loss(logits, t["answer_ids"], t["answer_mask"])
-            first = first_token_correct(logits, t["answer_ids"])
-            w = (hard_negative_weights(first, teacher_entropy(t["top_logp"].float(), t["answer_mask"]),
-                                       math.log(p.kd.k + 1)) if p.train.hard_negative
-                 else torch.ones_like(kd))
-            loss = sc.kd * (w * kd).mean() + sc.ce * ce.mean()
-            total = total + p.train.model_weights.get(slot, 1.0) * loss
-            logs.update({f"{slot}/kd": kd.mean().item(), f"{slot}/ce": ce.mean().item(),
-                         f"{slot}/first_acc": first.mean().item()})
+            total = total + self.slot_loss(slot, logits, t, logs)
+        return total, logs
+
+    def id_losses(self, rows: list[dict], K: int) -> tuple[torch.Tensor, dict]:
+        """kind ids: the picked ids through each adapter, the question beside them as text."""
+        _, _, softs, _ = self.net([self.ids(r) for r in rows])
+        total, logs = torch.zeros(()), {}
+        for slot, rec in self.receivers.items():
+            t = {k: v[:, :K] for k, v in self.targets(slot, rows).items()}
+            rests = [rec.rest(s, r["question"]) for s, r in zip(softs[slot], rows)]
+            total = total + self.slot_loss(slot, rec.answer_logits(rests, t["answer_ids"]), t, logs)
         return total, logs
 
     # ------------------------------------------------------------ fit / validate

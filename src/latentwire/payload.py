@@ -1,0 +1,165 @@
+"""The wire format: a latent packed into bytes, and back. What crosses the wire is len(pack(...)).
+
+    offset  size  field
+    0       1     magic 0x4C ("L")
+    1       1     format version (high 4 bits) | code kind (low 4 bits): 1 ids, 2 values
+    2       1     n: slots in this payload (at most M; fewer when the context is short)
+    3       1     bits: 16 for ids (uint16 each); 16, 8 or 4 for values
+    4       1     hint: the answer-length bucket, 0xFF for none
+    5       ...   body
+    -2      2     CRC-16/CCITT of bytes 0..-2, seeded with the codebook's fingerprint
+
+Body of kind ids: n little-endian uint16 indices into the shared codebook (the sender's
+vocabulary). Body of kind values (the continuous codes d_wire x bits of the learned senders):
+width (1 byte), group size (1 byte), then fp16 values (bits 16) or, for ints, one fp16 scale
+per group of `group size` values followed by the values as signed ints (int4: two a byte).
+
+The CRC's seed is the codebook fingerprint (`fingerprint`), so a payload made for another
+codebook fails the check like a garbled one; the error says both are possible.
+"""
+from __future__ import annotations
+
+import binascii
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+MAGIC, VERSION = 0x4C, 1
+KIND_IDS, KIND_VALUES = 1, 2
+NO_HINT = 0xFF
+HEADER, TRAILER = 5, 2
+
+
+class PayloadError(ValueError):
+    """A payload that cannot be read: truncated, garbled, foreign or of an unknown version."""
+
+
+@dataclass
+class Latent:
+    """What a payload carries: ids [n] (kind ids) or values [n, width] (kind values)."""
+    kind: int
+    bits: int
+    hint: int | None
+    ids: list[int] | None = None
+    values: np.ndarray | None = None
+    group_size: int = 32
+
+    @property
+    def n(self) -> int:
+        return len(self.ids) if self.kind == KIND_IDS else int(self.values.shape[0])
+
+
+def fingerprint(vocab: dict[str, int]) -> int:
+    """16 bits that name a codebook (a tokenizer's token -> id map)."""
+    blob = "\n".join(f"{t}\t{i}" for t, i in sorted(vocab.items(), key=lambda kv: kv[1]))
+    return int.from_bytes(hashlib.sha256(blob.encode("utf-8")).digest()[:2], "little")
+
+
+def _int_bytes(q: np.ndarray, bits: int) -> bytes:
+    if bits == 8:
+        return q.astype(np.int8).tobytes()
+    u = (q.astype(np.int16) & 0xF).astype(np.uint8)
+    if len(u) % 2:
+        u = np.append(u, np.uint8(0))
+    return (u[0::2] | (u[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def _ints_from(buf: bytes, bits: int, count: int) -> np.ndarray:
+    if bits == 8:
+        return np.frombuffer(buf, dtype=np.int8).astype(np.float32)
+    u = np.frombuffer(buf, dtype=np.uint8)
+    nib = np.empty(len(u) * 2, dtype=np.int16)
+    nib[0::2], nib[1::2] = u & 0xF, u >> 4
+    nib = np.where(nib > 7, nib - 16, nib)[:count]
+    return nib.astype(np.float32)
+
+
+def _values_body(values: np.ndarray, bits: int, group: int) -> bytes:
+    n, width = values.shape
+    if width > 255 or not 1 <= group <= 255:
+        raise PayloadError(f"values: width {width} and group size {group} must fit one byte each")
+    head = bytes([width, group])
+    flat = values.astype(np.float32).reshape(-1)
+    if bits == 16:
+        return head + flat.astype("<f2").tobytes()
+    qmax = 2 ** (bits - 1) - 1
+    pad = (-len(flat)) % group
+    groups = np.pad(flat, (0, pad)).reshape(-1, group)
+    scale = np.maximum(np.abs(groups).max(1) / qmax, 2.0 ** -14).astype("<f2")
+    q = np.clip(np.round(groups / scale.astype(np.float32)[:, None]), -qmax, qmax).reshape(-1)[:len(flat)]
+    return head + scale.tobytes() + _int_bytes(q, bits)
+
+
+def pack(latent: Latent, codebook: int) -> bytes:
+    """Latent -> payload bytes (`codebook`: the fingerprint of the ids' codebook, 0 for values)."""
+    n = latent.n
+    if not 0 <= n <= 255:
+        raise PayloadError(f"n = {n} slots: at most 255 fit the header")
+    hint = NO_HINT if latent.hint is None else int(latent.hint)
+    if latent.hint is not None and not 0 <= hint < NO_HINT:
+        raise PayloadError(f"hint {hint}: must be in [0, 254] (255 means none)")
+    if latent.kind == KIND_IDS:
+        if latent.bits != 16 or any(not 0 <= i < 65536 for i in latent.ids):
+            raise PayloadError("ids: 16 bits each, every id in [0, 65535]")
+        body = np.asarray(latent.ids, dtype="<u2").tobytes()
+    elif latent.kind == KIND_VALUES:
+        if latent.bits not in (16, 8, 4):
+            raise PayloadError(f"values: bits {latent.bits} not in (16, 8, 4)")
+        body = _values_body(np.asarray(latent.values), latent.bits, latent.group_size)
+    else:
+        raise PayloadError(f"unknown code kind {latent.kind}")
+    head = bytes([MAGIC, (VERSION << 4) | latent.kind, n, latent.bits, hint])
+    crc = binascii.crc_hqx(head + body, codebook & 0xFFFF)
+    return head + body + crc.to_bytes(2, "little")
+
+
+def unpack(payload: bytes, codebook: int) -> Latent:
+    """Payload bytes -> Latent; a clear PayloadError for anything that is not a whole,
+    intact payload of this format made for this codebook."""
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise PayloadError(f"payload must be bytes, got {type(payload).__name__}")
+    payload = bytes(payload)
+    if len(payload) < HEADER + TRAILER:
+        raise PayloadError(f"payload truncated: {len(payload)} bytes, a header and checksum need "
+                           f"{HEADER + TRAILER}")
+    if payload[0] != MAGIC:
+        raise PayloadError(f"not a LatentWire payload: first byte 0x{payload[0]:02x}, expected 0x{MAGIC:02x}")
+    version, kind = payload[1] >> 4, payload[1] & 0xF
+    if version != VERSION:
+        raise PayloadError(f"payload format version {version}: this reader knows version {VERSION}")
+    n, bits, hint = payload[2], payload[3], payload[4]
+    body = payload[HEADER:-TRAILER]
+    if kind == KIND_IDS:
+        expected = 2 * n
+    elif kind == KIND_VALUES:
+        if len(body) < 2:
+            raise PayloadError("payload truncated: the values header is missing")
+        width, group = body[0], body[1]
+        count = n * width
+        expected = 2 + (2 * count if bits == 16 else
+                        2 * -(-count // max(group, 1)) + -(-count * bits // 8))
+        if bits not in (16, 8, 4) or group == 0:
+            raise PayloadError(f"values: bits {bits} / group size {group} are not valid")
+    else:
+        raise PayloadError(f"unknown code kind {kind} (version {version} knows 1 ids, 2 values)")
+    if len(body) != expected:
+        raise PayloadError(f"payload length {len(payload)} does not match its header "
+                           f"({HEADER + expected + TRAILER} bytes for n = {n}): truncated or garbled")
+    crc = int.from_bytes(payload[-TRAILER:], "little")
+    if binascii.crc_hqx(payload[:-TRAILER], codebook & 0xFFFF) != crc:
+        raise PayloadError("payload checksum mismatch: garbled in transit, or made with another "
+                           f"codebook (this receiver's fingerprint is 0x{codebook & 0xFFFF:04x})")
+    hint_v = None if hint == NO_HINT else hint
+    if kind == KIND_IDS:
+        return Latent(KIND_IDS, bits, hint_v, ids=np.frombuffer(body, dtype="<u2").astype(int).tolist())
+    width, group = body[0], body[1]
+    count, data = n * width, body[2:]
+    if bits == 16:
+        flat = np.frombuffer(data, dtype="<f2").astype(np.float32)
+    else:
+        n_groups = -(-count // group)
+        scale = np.frombuffer(data[:2 * n_groups], dtype="<f2").astype(np.float32)
+        q = _ints_from(data[2 * n_groups:], bits, count)
+        flat = (np.pad(q, (0, n_groups * group - count)).reshape(n_groups, group) * scale[:, None]).reshape(-1)[:count]
+    return Latent(KIND_VALUES, bits, hint_v, values=flat.reshape(n, width), group_size=group)

@@ -1,0 +1,121 @@
+"""Send and receive across a process boundary: the Python API and the two commands.
+
+    python -m latentwire send --question "Who ...?" --context-file ctx.txt --out msg.lw
+    python -m latentwire receive --model qwen --payload msg.lw --question "Who ...?"
+    python -m latentwire send -q "..." -c "..." --out - | python -m latentwire receive -m llama -q "..."
+
+From Python (load once, then one call per prompt):
+
+    from latentwire.transfer import load_sender, load_receiver
+    sender = load_sender("params.yaml")                # the fitted pick: models/pick
+    receiver = load_receiver("params.yaml", "qwen")    # models/stage3/best + the frozen model
+    payload = sender.send(question, context)           # bytes: what crosses the wire
+    answer = receiver.receive(payload, question)       # the question travels beside it as text
+
+encoder.kind ids only: the payload is the picked context's ids (payload.py); the receiver
+unpacks them, maps them through its adapter to at most M positions and answers greedily.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import payload
+from .config import Params, load_params
+from .evaluate import clean
+from .latent import LatentWire, Receiver
+from .llm import load_frozen
+from .sender import Sender
+
+
+def _params(params: str | Params) -> Params:
+    p = params if isinstance(params, Params) else load_params(params)
+    if p.encoder.kind != "ids":
+        raise ValueError(f"send/receive need encoder.kind ids (payloads of picked ids), not {p.encoder.kind!r}")
+    return p
+
+
+def load_sender(params: str | Params = "params.yaml", pick_dir: str = "models/pick") -> Sender:
+    return Sender.load(_params(params), pick_dir)
+
+
+class LatentReceiver:
+    """One frozen model slot reading payloads."""
+
+    def __init__(self, params: Params, slot: str, checkpoint: str = "models/stage3/best"):
+        if slot not in params.models:
+            raise ValueError(f"--model {slot!r}: no such model slot {list(params.models)}")
+        self.params = params
+        meta = json.loads((Path(checkpoint) / "meta.json").read_text(encoding="utf-8"))
+        self.lw = LatentWire(params, params.stage3.M, hidden=meta["hidden"], target_norm={s: 1.0 for s in params.models})
+        self.lw.load(checkpoint)
+        self.lw.eval()
+        self.llm = load_frozen(slot, params.models[slot], params.prompt, params.cache_dir)
+        codebook_tok = Sender.load(params).tokenizer if slot != params.encoder.feature_model else self.llm.tokenizer
+        self.codebook = payload.fingerprint(codebook_tok.get_vocab())
+        self.lw.set_table(codebook_tok, self.llm)
+        self.rec = Receiver(self.llm)
+
+    @torch.inference_mode()
+    def receive(self, data: bytes, question: str) -> str:
+        latent = payload.unpack(data, self.codebook)
+        if latent.kind != payload.KIND_IDS:
+            raise payload.PayloadError("this receiver reads payloads of kind ids")
+        if latent.n > self.lw.M:
+            raise payload.PayloadError(f"payload has {latent.n} slots, more than M = {self.lw.M}")
+        soft = self.lw.adapters[self.llm.slot](torch.tensor(latent.ids, dtype=torch.long))
+        out = self.rec.generate([self.rec.rest(soft, question)], self.params.evaluate.max_new_tokens)
+        return clean(out[0])
+
+
+def load_receiver(params: str | Params = "params.yaml", slot: str = "llama",
+                  checkpoint: str = "models/stage3/best") -> LatentReceiver:
+    return LatentReceiver(_params(params), slot, checkpoint)
+
+
+# ---------------------------------------------------------------- commands
+
+def add_send_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--question", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-c", "--context", help="the context text")
+    src.add_argument("--context-file", help="a UTF-8 file holding the context")
+    p.add_argument("--out", default="-", help="payload file, - for stdout (default)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--pick", default="models/pick", help="the fitted pick (default: %(default)s)")
+
+
+def run_send(args: argparse.Namespace) -> None:
+    if args.context_file:
+        try:
+            context = Path(args.context_file).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{args.context_file}: not UTF-8 ({e})") from None
+    else:
+        context = args.context
+    data = load_sender(args.params, args.pick).send(args.question, context)
+    if args.out == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        from .io import atomic_path
+        with atomic_path(args.out) as tmp:
+            Path(tmp).write_bytes(data)
+    print(f"send: {len(data)} bytes on the wire ({len(context.encode('utf-8'))} bytes of context)", file=sys.stderr)
+
+
+def add_receive_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", required=True, help="the receiving model slot (params.yaml models.*)")
+    p.add_argument("-q", "--question", required=True, help="the question, sent beside the payload as text")
+    p.add_argument("--payload", default="-", help="payload file, - for stdin (default)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--checkpoint", default="models/stage3/best")
+
+
+def run_receive(args: argparse.Namespace) -> None:
+    data = sys.stdin.buffer.read() if args.payload == "-" else Path(args.payload).read_bytes()
+    print(load_receiver(args.params, args.model, args.checkpoint).receive(data, args.question))

@@ -1,0 +1,180 @@
+"""encoder.kind ids (the default) on the tiny models: the pick stage, the curriculum, the
+evaluation from payload bytes, the budget every variant shares, and send | receive."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from latentwire import evaluate, kd, pick, sender, train
+from latentwire.config import load_params
+from latentwire.latent import Receiver
+from latentwire.llm import load_frozen
+
+REPO = Path(__file__).resolve().parents[1]
+FACTS = [("Paris", "France", "Seine"), ("Rome", "Italy", "Tiber"), ("London", "England", "Thames"),
+         ("Berlin", "Germany", "Spree"), ("Lyon", "France", "Rhone")]
+
+
+def rows(n: int, dataset: str, offset: int = 0):
+    out = []
+    for i in range(offset, offset + n):
+        city, country, river = FACTS[i % len(FACTS)]
+        out.append({"id": f"{dataset}-{i}", "dataset": dataset, "title": f"t{i}",
+                    "question": f"Which river flows through {city}?",
+                    "context": (f"{city} is a large city of {country}. It has many bridges and parks. "
+                                f"The river {river} flows through {city}. Number {i} is here."),
+                    "answers": [river]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_models):
+    root = tmp_path_factory.mktemp("ids")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["models"] = {"llama": {"source": "local", "path": str(tiny_models["llama"])},
+                     "qwen": {"source": "local", "path": str(tiny_models["qwen"])}}
+    assert raw["encoder"]["kind"] == "ids"  # the default sender
+    raw["pick"].update(span=6, hidden=8, epochs=3)
+    raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 4}
+    raw["train"].update(batch_size=4, dev_examples=4, eval_every=2, save_every=1, lr=3e-3)
+    raw["stage1"] = {"M": 12, "epochs": 1, "K": 1, "kd": 1.0, "ce": 0.0}
+    raw["stage2"] = {"M": 10, "epochs": 1, "K": 1, "kd": 1.0, "ce": 1.0}
+    raw["stage3"] = {"M": 8, "epochs": 1, "K": 2, "kd": 1.0, "ce": 1.0}
+    raw["evaluate"] = {"max_new_tokens": 3, "batch_size": 4, "max_examples": None}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / "data/mix").mkdir(parents=True)
+    splits = {"train": rows(8, "squad") + rows(4, "nq"), "eval": rows(3, "squad", 20) + rows(3, "nq", 30),
+              "pool": rows(40, "squad", 100)}
+    for split, rs in splits.items():
+        (root / f"data/mix/{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(project, one_thread):
+    import os
+    old = os.getcwd()
+    os.chdir(project)
+    try:
+        pm = sender.main("params.yaml")
+        kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
+        for stage in ("stage1", "stage2", "stage3"):
+            train.main(stage, "params.yaml", ".")
+        evaluate.main("params.yaml", part="text")
+        metrics = evaluate.main("params.yaml", part="latent")
+    finally:
+        os.chdir(old)
+    return pm, metrics
+
+
+def test_pick_stage_fits_and_reuses_its_features(project, trained):
+    pm, _ = trained
+    assert pm["pool"] == 40 and pm["train_examples"] + pm["dev_examples"] == 40
+    assert (project / "models/pick/pick.safetensors").is_file()
+    # the features are computed once: a second fit reads them back, and fits the same model
+    again = sender.main(str(project / "params.yaml"), str(project / "data/mix/pool.jsonl"),
+                        str(project / "data/pick/features.safetensors"), str(project / "models/pick2"),
+                        str(project / "pick2.json"))
+    assert again["loss"] == pm["loss"]
+    a = (project / "models/pick/pick.safetensors").read_bytes()
+    assert a == (project / "models/pick2/pick.safetensors").read_bytes()
+
+
+def test_latent_is_decoded_from_measured_payloads(trained):
+    _, m = trained
+    assert m["wire"]["ids"]["bits"] == 16
+    for slot in ("llama", "qwen"):
+        for ds in ("squad", "nq"):
+            res = m[slot][ds]
+            # 8 slots at most: 2 bytes each + 7 of header and checksum
+            assert res["bytes"]["ids"]["max"] <= 2 * 8 + 7
+            assert res["positions"]["latent_max"] <= 8
+            assert res["equal_byte"]["bytes"] == res["bytes"]["ids"]["per_model"]
+            assert res["slots"]["exact"] == 1.0
+            assert set(res["ci"]) == {"text", "m_token", "equal_byte", "selected_text", "selected_equal_byte"}
+        assert m[slot]["pooled"]["n"] == 6
+    assert set(m["pick"]) == {"squad", "nq"} and m["pick"]["squad"]["n"] == 3
+
+
+def test_every_variant_carries_the_same_question_and_template(project, trained):
+    p = load_params(project / "params.yaml")
+    llm = load_frozen("qwen", p.models["qwen"], p.prompt)
+    row = rows(1, "squad")[0]
+    v = evaluate.text_variants(llm, row, 4, 23, selected="The river Seine")
+    tail = f"\nQuestion: {row['question']}" + llm.template.suffix
+    head = llm.template.prefix + "Context: "
+    for name, prompt in v.items():
+        assert prompt.startswith(head) and prompt.endswith(tail), name
+    assert set(v) == {"text", "m_token", "equal_byte", "selected_text", "selected_equal_byte"}
+    assert len(v["equal_byte"][len(head):-len(tail)].encode()) <= 23
+    # the latent's receiver puts the very same question text after its slots
+    rec = Receiver(llm)
+    slots = torch.zeros(3, llm.model.config.hidden_size)
+    rest = rec.rest(slots, row["question"])
+    tail_ids = llm.tokenizer(tail, add_special_tokens=False)["input_ids"]
+    want = llm.model.get_input_embeddings()(torch.tensor(tail_ids))
+    assert torch.equal(rest[-len(tail_ids):], want)
+    assert len(rest) == len(rec.context_ids) + 3 + len(tail_ids)
+
+
+@pytest.mark.parametrize("M", [1, 2, 5, 8, 13, 32])
+def test_at_most_M_positions_whatever_the_context(project, trained, M):
+    p = load_params(project / "params.yaml")
+    s = sender.Sender.load(p, project / "models/pick", M)
+    long = " ".join(r["context"] for r in rows(12, "x"))
+    for ctx in (long, "Short one.", long.replace(". ", " ")):
+        got = s.pick("Which river flows through Paris?", ctx)
+        assert 0 < len(got.ids) <= M
+        # the separators between spans are counted: ids = span tokens + one per gap
+        gaps = sum(1 for a, b in zip(got.spans, got.spans[1:]) if a[1] < b[0])
+        assert len(got.ids) == sum(b - a for a, b in got.spans) + gaps
+
+
+def test_pick_recall_on_a_hand_made_example(project, trained):
+    p = load_params(project / "params.yaml")
+    tok = sender.load_tokenizer(p)
+    ctx = "Paris is the capital of France. The Seine flows through Paris."
+    r = pick.read(tok, "Which river flows through Paris?", ctx)
+    second = [i for i, s in enumerate(r.sentence) if s == 1]
+    first = [i for i, s in enumerate(r.sentence) if s == 0]
+    assert first and second and r.sentence == sorted(r.sentence)
+    span2, span1 = [(second[0], second[-1] + 1)], [(first[0], first[-1] + 1)]
+    assert pick.contains_answer(pick.span_texts(r, ctx, span2), ["Seine"])
+    assert not pick.contains_answer(pick.span_texts(r, ctx, span1), ["Seine"])
+    # an answer cut in two by the span's end is not inside it
+    assert not pick.contains_answer(pick.span_texts(r, ctx, [(second[0], second[0] + 1)]), ["The Seine flows"])
+    assert pick.contains_answer(["the  SEINE flows"], ["The Seine"])  # case and spacing ignored
+
+
+def test_send_receive_across_processes_matches_the_evaluation(project, trained):
+    row = rows(3, "squad", 20)[0]
+    env_cmd = [sys.executable, "-m", "latentwire"]
+    sent = subprocess.run(env_cmd + ["send", "-q", row["question"], "-c", row["context"], "--out", "-"],
+                          cwd=project, capture_output=True, check=True)
+    assert 7 < len(sent.stdout) <= 2 * 8 + 7
+    got = subprocess.run(env_cmd + ["receive", "-m", "qwen", "-q", row["question"]], cwd=project,
+                         input=sent.stdout, capture_output=True, check=True)
+    preds = [json.loads(x) for x in (project / "data/eval/predictions.jsonl").read_text().splitlines()]
+    want = next(p["pred_latent_ids"] for p in preds if p["model"] == "qwen" and p["id"] == row["id"])
+    assert got.stdout.decode().strip() == want
+    bad = subprocess.run(env_cmd + ["receive", "-m", "qwen", "-q", "x"], cwd=project,
+                         input=sent.stdout[:-1], capture_output=True)
+    assert bad.returncode == 1 and b"does not match its header" in bad.stderr
+
+
+def test_python_api_round_trip(project, trained, monkeypatch):
+    from latentwire.transfer import load_receiver, load_sender
+    monkeypatch.chdir(project)
+    s, r = load_sender(), load_receiver(slot="llama")
+    row = rows(3, "nq", 30)[1]
+    data = s.send(row["question"], row["context"])
+    assert isinstance(data, bytes)
+    preds = [json.loads(x) for x in (project / "data/eval/predictions.jsonl").read_text().splitlines()]
+    want = next(p["pred_latent_ids"] for p in preds if p["model"] == "llama" and p["id"] == row["id"])
+    assert r.receive(data, row["question"]) == want
+    with pytest.raises(ValueError, match="context is empty"):
+        s.send("q?", "  ")
