@@ -44,7 +44,7 @@ def test_repo_params_load():
     p = load_params(REPO / "params.yaml")
     assert isinstance(p, Params)
     assert (p.seed, p.stage3.M, p.wire.bits, p.wire.d_wire, p.wire.shared_fraction) == (0, 32, 4, 16, 1.0)
-    assert (p.encoder.kind, p.encoder.feature_model) == ("tokens", "llama")
+    assert (p.encoder.kind, p.encoder.feature_model) == ("ids", "llama")
     assert set(p.data.datasets) == {"squad", "hotpotqa", "nq"}
     assert p.data.datasets["hotpotqa"].hub_config == "distractor"
     assert p.data.datasets["squad"].hub_config is None

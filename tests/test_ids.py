@@ -178,3 +178,27 @@ def test_python_api_round_trip(project, trained, monkeypatch):
     assert r.receive(data, row["question"]) == want
     with pytest.raises(ValueError, match="context is empty"):
         s.send("q?", "  ")
+
+
+def test_latency_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
+    """bench/latency.py must not rot: it runs here in seconds and writes every field."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("latency", REPO / "bench" / "latency.py")
+    latency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(latency)
+    out = tmp_path / "latency.json"
+    r = latency.main(["--params", str(project / "params.yaml"), "--eval", str(project / "data/mix/eval.jsonl"),
+                      "--checkpoint", str(project / "models/stage3/best"), "--pick", str(project / "models/pick"),
+                      "--n", "4", "--threads", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r)) and out.with_suffix(".md").is_file()
+    assert r["n"] == 4 and r["threads"] == 1 and r["payload_bytes_mean"] <= 2 * 8 + 7
+    for slot in ("llama", "qwen"):
+        assert set(r["models"][slot]) == {"batch1"}  # 4 prompts: no batch of 8
+        for b in ("batch1",):
+            m = r["models"][slot][b]
+            assert set(m) >= {"text_ttft_ms", "latent_sender_ms", "latent_unpack_adapter_ms", "latent_prefill_ms",
+                              "latent_trip_ms", "trip_over_text", "token_compression", "break_even_receivers"}
+            # the trip is the sum of its parts, batch by batch
+            assert m["latent_trip_ms"]["median"] >= m["latent_prefill_ms"]["median"]
+            assert m["token_compression"] > 1  # the tiny contexts are longer than M=8 slots
+    assert r["all_receivers_batch1"]["trip_ms"] > 0

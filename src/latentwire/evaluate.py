@@ -423,8 +423,9 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
             sent[r["id"]] = (payload.pack(payload.Latent(payload.KIND_IDS, 16, None, ids=p.ids), sender.codebook), p.ids)
         selected = {i: sender.decode(ids) for i, (_, ids) in sent.items()}
         B = {i: len(b) for i, (b, _) in sent.items()}
+        mean = sum(B.values()) / max(len(B), 1)
         wire = {"ids": {"bits": 16, "per_slot_max": 2 + (payload.HEADER + payload.TRAILER) / M,
-                        "mean": sum(B.values()) / max(len(B), 1), "max": max(B.values(), default=0)}}
+                        "per_model": mean, "total": mean, "max": max(B.values(), default=0)}}
         reported = 16
     else:
         wire_by_bits = {bits: wire_bytes(M, params.wire, bits, n_models=len(params.models)) for bits in (16, 8, 4)}
@@ -433,7 +434,7 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
         reported = params.wire.bits
     if part in ("text", "all"):
         metrics: dict = {"M": M, "reported_bits": reported,
-                         "equal_byte_budget": wire["ids"]["mean"] if ids_kind else B, "wire": wire, "wall_s": {}}
+                         "equal_byte_budget": wire["ids"]["per_model"] if ids_kind else B, "wire": wire, "wall_s": {}}
         if ids_kind:
             metrics["pick"] = pick_metrics(sender, rows, M, params.seed)
         predictions: list[dict] = []

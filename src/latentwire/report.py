@@ -22,7 +22,8 @@ from pathlib import Path
 
 from .io import read_jsonl
 
-BASELINES = (("text", "text"), ("equal_byte", "equal-byte"), ("m_token", "M-token"))
+BASELINES = (("text", "text"), ("equal_byte", "equal-byte"), ("m_token", "M-token"),
+             ("selected_text", "selected text"), ("selected_equal_byte", "selected equal-byte"))
 
 
 def precisions(metrics: dict) -> dict[str, int]:
@@ -40,10 +41,12 @@ def precision_name(metrics: dict) -> str:
     return names[bits]
 
 
-def columns(precs, prec: str) -> list[tuple[str, list[str], str]]:
-    """(header, metric keys under <model>.<dataset>, number format) per table column."""
+def columns(precs, prec: str, present: set[str] | None = None) -> list[tuple[str, list[str], str]]:
+    """(header, metric keys under <model>.<dataset>, number format) per table column; the
+    baselines only where `present` (the variants found in the metrics) has them."""
     cols = [("n", ["n"], "{:.0f}")]
-    cols += [(title, [f"{v}.f1", f"{v}.em"], "{:.3f}") for v, title in BASELINES]
+    cols += [(title, [f"{v}.f1", f"{v}.em"], "{:.3f}") for v, title in BASELINES
+             if present is None or v in present]
     cols += [(f"latent {p}", [f"latent_{p}.f1", f"latent_{p}.em"], "{:.3f}") for p in precs]
     cols += [(f"wire B ({prec})", [f"bytes.{prec}.per_model"], "{:.0f}"),
              (f"text/wire ({prec})", [f"bytes.{prec}.text_over_wire"], "{:.2f}"),
@@ -130,6 +133,32 @@ def short(text, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def ci_section(metrics: dict, pairs, prec: str) -> list[str]:
+    """Paired bootstrap 95 % CIs of latent minus each baseline's F1 (kind ids), per model x
+    dataset and pooled over datasets."""
+    names = [(v, t) for v, t in BASELINES if any(get(metrics, f"{s}.{d}.ci.{v}") for s, d in pairs)]
+    if not names:
+        return []
+    ci = lambda c: "–" if c is None else f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]"  # noqa: E731
+    rows = [[s, d] + [ci(get(metrics, f"{s}.{d}.ci.{v}")) for v, _ in names] for s, d in pairs]
+    rows += [[s, "**pooled**"] + [ci(get(metrics, f"{s}.pooled.ci.{v}")) for v, _ in names]
+             for s in dict.fromkeys(s for s, _ in pairs) if get(metrics, f"{s}.pooled.ci")]
+    return ["", f"### Latent {prec} minus each baseline: F1 difference [paired bootstrap 95 % CI]", ""] + \
+        table(["model", "dataset"] + [t for _, t in names], rows, 2)
+
+
+def pick_section(metrics: dict) -> list[str]:
+    """The share of eval questions whose gold answer lies wholly in the picked tokens, beside the
+    M-token cut, the lexical prior and a random window of the same size."""
+    picks = metrics.get("pick")
+    if not picks:
+        return []
+    keys = ("pick_recall", "m_token_cut", "lexical", "random")
+    rows = [[ds, f"{r['n']}"] + [f"{r[k]:.2f}" for k in keys] for ds, r in sorted(picks.items())]
+    return ["", f"### Pick recall at M = {metrics.get('M')}: gold answer wholly inside the selection", ""] + \
+        table(["dataset", "n", "the pick", "first M tokens", "lexical window", "random window"], rows, 1)
+
+
 def build_report(metrics_path: str = "metrics/eval.json",
                  predictions_path: str = "data/eval/predictions.jsonl",
                  base: str | None = None, worst: int = 0) -> str:
@@ -141,8 +170,8 @@ def build_report(metrics_path: str = "metrics/eval.json",
     except json.JSONDecodeError as e:
         raise ValueError(f"{metrics_path}: not JSON: {e}") from None
     precs, prec = precisions(metrics), precision_name(metrics)
-    cols = columns(precs, prec)
     pairs = model_rows(metrics)
+    cols = columns(precs, prec, {v for s, d in pairs for v in metrics[s][d]})
     if not pairs:
         raise ValueError(f"{metrics_path}: no model x dataset results (run the evaluate stage)")
     header = ["model", "dataset"] + [c[0] for c in cols]
@@ -151,12 +180,14 @@ def build_report(metrics_path: str = "metrics/eval.json",
     out = [f"## LatentWire eval (`{metrics_path}`)", ""]
     sizes = " / ".join(f"{p} {fmt(get(wire, f'{p}.per_model'), '{:.0f}')}" for p in precs)
     totals = " / ".join(fmt(get(wire, f"{p}.total"), "{:.0f}") for p in precs)
-    out += [f"M = {metrics.get('M')} soft tokens; reported precision **{prec}** (`wire.bits`). "
+    out += [f"M = {metrics.get('M')} slots; reported precision **{prec}** (`wire.bits`). "
             f"Wire bytes per model {sizes} (payload for all models {totals}). "
-            "Each F1 cell is `F1 / EM`; text/wire = prompt bytes / wire bytes per model.", ""]
+            "Each F1 cell is `F1 / EM`; text/wire = context bytes / payload bytes (the learned "
+            "senders: prompt bytes / wire bytes per model).", ""]
     rows = [[slot, ds] + [cell([fmt(get(metrics, f"{slot}.{ds}.{k}"), spec) for k in keys])
                           for _, keys, spec in cols] for slot, ds in pairs]
     out += table(header, rows, 2)
+    out += ci_section(metrics, pairs, prec) + pick_section(metrics)
 
     if base is not None:
         diff = metrics_diff(base, metrics_path)

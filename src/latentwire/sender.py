@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
@@ -61,8 +62,9 @@ class Sender:
             state = load_file(str(folder / "pick.safetensors"))
         except (OSError, ValueError) as e:
             raise ValueError(f"{folder}: no trained pick ({e}): run `dvc repro pick`") from None
-        model = pick.PickModel(meta["hidden"])
+        model = pick.PickModel(meta["hidden"], meta["d_embed"])
         model.load_state_dict(state)
+        model.set_embeddings(load_embeddings(params))
         model.eval()
         return cls(load_tokenizer(params), model, M or params.stage3.M, params.pick.span,
                    params.pick.max_tokens)
@@ -88,6 +90,21 @@ def load_tokenizer(params: Params):
     return AutoTokenizer.from_pretrained(model_folder(params.models[slot], params.cache_dir))
 
 
+def load_embeddings(params: Params) -> torch.Tensor:
+    """The codebook model's input embedding table [V, H], read from its safetensors files
+    without building the model (any other layout: the model is loaded once and dropped)."""
+    cfg = params.models[params.encoder.feature_model]
+    folder = Path(model_folder(cfg, params.cache_dir))
+    for f in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        with safe_open(str(f), framework="pt") as st:
+            key = next((k for k in st.keys() if k.endswith("embed_tokens.weight")), None)
+            if key is not None:
+                return st.get_tensor(key).float()
+    from .llm import load_frozen
+    llm = load_frozen(params.encoder.feature_model, cfg, params.prompt, params.cache_dir)
+    return llm.model.get_input_embeddings().weight.detach().float().cpu()
+
+
 # ---------------------------------------------------------------- the `pick` stage
 
 def features_key(pool_path: Path, tokenizer) -> str:
@@ -98,27 +115,33 @@ def features_key(pool_path: Path, tokenizer) -> str:
 
 
 def pool_features(rows: list[dict], tokenizer, path: Path, key: str, max_tokens: int):
-    """(X [tokens, n] with neighbours, y [tokens], lengths [rows]) for the pool, from the
-    cache at `path` when its key matches, else computed and saved there."""
+    """(reads, labels) for the pool: from the cache at `path` when its key matches, else
+    computed and saved there (features, token ids, question ids and answer labels)."""
     try:
-        cached = load_file(str(path))
-        if bytes(cached["key"].tolist()).decode() == key:
+        c = load_file(str(path))
+        if bytes(c["key"].tolist()).decode() == key:
             print(f"pick: reused features {path}")
-            return cached["X"], cached["y"], cached["lengths"]
+            split = lambda t, n: torch.split(t, n.tolist())  # noqa: E731
+            reads = [pick.Read(i.tolist(), [], [], f, q.tolist()) for f, i, q in
+                     zip(split(c["features"], c["lengths"]), split(c["ids"], c["lengths"]),
+                         split(c["q_ids"], c["q_lengths"]))]
+            return reads, list(split(c["y"], c["lengths"]))
     except (OSError, ValueError, KeyError):
         pass
-    Xs, ys, lengths = [], [], []
+    reads, labels = [], []
     for r in tqdm(rows, desc="pick features", unit="ex", disable=None):
-        read = pick.read(tokenizer, r["question"], r["context"], max_tokens)
-        Xs.append(pick.with_neighbours(read.features))
-        ys.append(pick.answer_labels(read, r["context"], r["answers"]))
-        lengths.append(len(read.ids))
-    X, y, lengths = torch.cat(Xs), torch.cat(ys), torch.tensor(lengths)
+        reads.append(pick.read(tokenizer, r["question"], r["context"], max_tokens))
+        labels.append(pick.answer_labels(reads[-1], r["context"], r["answers"]))
     path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"features": torch.cat([r.features for r in reads]),
+            "ids": torch.tensor([i for r in reads for i in r.ids]),
+            "lengths": torch.tensor([len(r.ids) for r in reads]),
+            "q_ids": torch.tensor([i for r in reads for i in r.q_ids]),
+            "q_lengths": torch.tensor([len(r.q_ids) for r in reads]),
+            "y": torch.cat(labels), "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}
     with atomic_path(path) as tmp:
-        save_file({"X": X, "y": y, "lengths": lengths, "key": torch.tensor(list(key.encode()), dtype=torch.uint8)},
-                  str(tmp))
-    return X, y, lengths
+        save_file(blob, str(tmp))
+    return reads, labels
 
 
 def recall(sender: Sender, rows: list[dict], M: int) -> dict[str, float]:
@@ -141,22 +164,24 @@ def main(params_path: str = "params.yaml", pool_path: str = "data/mix/pool.jsonl
         raise ValueError(f"{pool_path}: no examples to train the pick on")
     tokenizer = load_tokenizer(params)
     key = features_key(Path(pool_path), tokenizer)
-    X, y, lengths = pool_features(rows, tokenizer, Path(features_path), key, pp.max_tokens)
+    reads, labels = pool_features(rows, tokenizer, Path(features_path), key, pp.max_tokens)
     # a tenth of the pool's titles held out to report the pick's recall
     held = [is_eval_title("pick-dev:" + r["title"], 0.1) for r in rows]
-    tok_held = torch.repeat_interleave(torch.tensor(held), lengths)
-    model = pick.PickModel(pp.hidden)
-    loss = pick.fit(model, X[~tok_held], y[~tok_held], pp.epochs, seed=params.seed)
+    E = load_embeddings(params)
+    model = pick.PickModel(pp.hidden, E.shape[1])
+    model.set_embeddings(E)
+    loss = pick.fit(model, [r for r, h in zip(reads, held) if not h], [y for y, h in zip(labels, held) if not h],
+                    pp.epochs, seed=params.seed)
     model.eval()
     sender = Sender(tokenizer, model, params.stage3.M, pp.span, pp.max_tokens)
     dev = [r for r, h in zip(rows, held) if h]
     metrics = {"pool": len(rows), "train_examples": len(rows) - len(dev), "dev_examples": len(dev),
-               "answer_tokens": int(y.sum()), "loss": loss, "M": params.stage3.M, "span": pp.span,
+               "answer_tokens": int(sum(y.sum() for y in labels)), "loss": loss, "M": params.stage3.M, "span": pp.span,
                "dev_pick_recall": recall(sender, dev, params.stage3.M)}
-    with atomic_dir(Path(out)) as folder:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "pick.safetensors"))
-        write_json(folder / "meta.json", {"hidden": pp.hidden, "features": list(pick.FEATURES),
-                                          "neighbours": list(pick.NEIGHBOURS), "codebook": sender.codebook})
+    with atomic_dir(Path(out)) as tmp_folder:  # both files swap in together
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_folder / "pick.safetensors"))
+        write_json(tmp_folder / "meta.json", {"hidden": pp.hidden, "d_embed": E.shape[1],
+                                          "features": list(pick.FEATURES), "codebook": sender.codebook})
     metrics["wall_s"] = round(time.time() - t0, 1)
     write_json(metrics_path, metrics)
     print(f"pick: dev pick_recall at M={params.stage3.M} {metrics['dev_pick_recall']}, {metrics['wall_s']:.0f}s")

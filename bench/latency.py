@@ -1,0 +1,162 @@
+"""The whole trip, sender + wire + receiver, against sending the text: time to first token.
+
+    python bench/latency.py [--params params.yaml] [--n 50] [--threads 2] [--out bench/results/latency.json]
+
+encoder.kind ids. Per receiver and batch size (1 and 8), over the first n eval prompts:
+  text     the receiver prefills "Context: <context>\\nQuestion: <q>" + suffix and emits one token;
+  latent   sender (read + pick + pack), then unpack + adapter, then the receiver prefills
+           "Context:" + <= M slots + "\\nQuestion: <q>" + suffix and emits one token.
+Both reuse the template prefix's KV cache (Receiver: computed once, copied per batch), so the
+two differ only in what the prompt carries. Medians and p90 over batches, in ms per batch.
+Break-even: how many receivers must read one payload before the sender's cost is repaid by
+their prefill savings; amortised: the trip for both receivers from one payload against both
+reading the text. Beside each ratio, the receiver's token-compression ratio (text rest tokens
+/ latent rest positions), the physical limit of the prefill saving. Writes --out (JSON) and
+a Markdown table beside it. Timing belongs here, not in unit tests: say which machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from latentwire import payload
+from latentwire.config import load_params
+from latentwire.evaluate import load_rows
+from latentwire.latent import LatentWire, Receiver
+from latentwire.llm import load_frozen
+from latentwire.sender import Sender
+
+
+def ms(f):
+    t0 = time.perf_counter()
+    out = f()
+    return 1e3 * (time.perf_counter() - t0), out
+
+
+def stats(xs: list[float]) -> dict:
+    xs = sorted(xs)
+    return {"median": round(statistics.median(xs), 2), "p90": round(xs[min(len(xs) - 1, int(0.9 * len(xs)))], 2)}
+
+
+@torch.inference_mode()
+def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int, threads: int,
+        batches=(1, 8)) -> dict:
+    torch.set_num_threads(threads)
+    params = load_params(params_path)
+    if params.encoder.kind != "ids":
+        raise SystemExit(f"bench/latency.py times encoder.kind ids, not {params.encoder.kind!r}")
+    rows = load_rows(eval_path, None)[:n]
+    batches = [b for b in batches if b <= len(rows)]
+    M = params.stage3.M
+    sender = Sender.load(params, pick_dir, M)
+    llms = {s: load_frozen(s, c, params.prompt, params.cache_dir) for s, c in params.models.items()}
+    lw = LatentWire(params, M, llms)
+    if Path(checkpoint, "meta.json").is_file():  # timing does not depend on the weights
+        lw.load(checkpoint)
+    lw.eval()
+    sender.send(rows[0]["question"], rows[0]["context"])  # warm-up
+    send_ms, payloads = [], []
+    for r in rows:
+        t, data = ms(lambda: sender.send(r["question"], r["context"]))
+        send_ms.append(t)
+        payloads.append(data)
+    out = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": threads,
+           "device": "cpu" if not torch.cuda.is_available() else "cuda", "M": M, "n": len(rows),
+           "sender_ms_per_prompt": stats(send_ms), "payload_bytes_mean": statistics.mean(map(len, payloads)),
+           "models": {}}
+    for slot, llm in llms.items():
+        rec = Receiver(llm)
+        adapter = lw.adapters[slot]
+        text_rest = [rec.embed(rec.ids(llm.template.body(r["context"], r["question"]) + llm.template.suffix))
+                     for r in rows]
+        res = {}
+        for B in batches:
+            t_text, t_unpack, t_pre = [], [], []
+            for i in range(0, len(rows) - B + 1, B):
+                batch = list(range(i, i + B))
+                if i == 0:  # warm-up both paths
+                    rec.generate([text_rest[k] for k in batch], 1)
+                t_text.append(ms(lambda: rec.generate([text_rest[k] for k in batch], 1))[0])
+                t, rests = ms(lambda: [rec.rest(adapter(torch.tensor(payload.unpack(payloads[k], sender.codebook).ids)),
+                                                rows[k]["question"]) for k in batch])
+                t_unpack.append(t)
+                if i == 0:
+                    rec.generate(rests, 1)
+                t_pre.append(ms(lambda: rec.generate(rests, 1))[0])
+            send_b = [sum(send_ms[i:i + B]) for i in range(0, len(rows) - B + 1, B)]
+            trip = [s + u + p for s, u, p in zip(send_b, t_unpack, t_pre)]
+            text_tokens = statistics.mean(len(x) for x in text_rest)
+            lat_tokens = statistics.mean(len(rec.context_ids) + len(payload.unpack(p, sender.codebook).ids)
+                                         + len(rec.ids("\nQuestion: " + r["question"] + llm.template.suffix))
+                                         for p, r in zip(payloads, rows))
+            tm, pm, sm, um = (statistics.median(x) for x in (t_text, t_pre, send_b, t_unpack))
+            saving = tm - pm - um
+            res[f"batch{B}"] = {
+                "text_ttft_ms": stats(t_text), "latent_sender_ms": stats(send_b),
+                "latent_unpack_adapter_ms": stats(t_unpack), "latent_prefill_ms": stats(t_pre),
+                "latent_trip_ms": stats(trip),
+                "trip_over_text": round(statistics.median(trip) / tm, 3),
+                "prefill_speedup": round(tm / pm, 2),
+                "token_compression": round(text_tokens / lat_tokens, 2),
+                "speedup_over_compression": round((tm / pm) / (text_tokens / lat_tokens), 2),
+                "break_even_receivers": round(sm / saving, 3) if saving > 0 else None}
+        out["models"][slot] = res
+    for B in batches:  # one payload read by every receiver, against each reading the text
+        k = f"batch{B}"
+        send = out["models"][next(iter(llms))][k]["latent_sender_ms"]["median"]
+        lat = sum(m[k]["latent_unpack_adapter_ms"]["median"] + m[k]["latent_prefill_ms"]["median"]
+                  for m in out["models"].values())
+        text = sum(m[k]["text_ttft_ms"]["median"] for m in out["models"].values())
+        out[f"all_receivers_{k}"] = {"trip_ms": round(send + lat, 2), "text_ms": round(text, 2),
+                                     "trip_over_text": round((send + lat) / text, 3)}
+    return out
+
+
+def markdown(r: dict) -> str:
+    lines = [f"Machine: {r['machine']}, {r['threads']} threads, {r['device']}; M = {r['M']}, n = {r['n']} prompts; "
+             f"payload {r['payload_bytes_mean']:.1f} B; sender {r['sender_ms_per_prompt']['median']} ms a prompt "
+             "(median). Times in ms per batch, median (p90).", "",
+             "| receiver | batch | text TTFT | sender | unpack + adapter | latent prefill | whole trip | trip / text | "
+             "prefill speed-up | token compression | break-even receivers |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    f = lambda s: f"{s['median']:.1f} ({s['p90']:.1f})"  # noqa: E731
+    for slot, per in r["models"].items():
+        for b, m in per.items():
+            lines.append(f"| {slot} | {b.removeprefix('batch')} | {f(m['text_ttft_ms'])} | {f(m['latent_sender_ms'])} | "
+                         f"{f(m['latent_unpack_adapter_ms'])} | {f(m['latent_prefill_ms'])} | {f(m['latent_trip_ms'])} | "
+                         f"{m['trip_over_text']:.2f} | {m['prefill_speedup']:.2f}x | {m['token_compression']:.2f}x | "
+                         f"{m['break_even_receivers']} |")
+    for k, v in r.items():
+        if k.startswith("all_receivers_"):
+            lines.append(f"\nOne payload for every receiver ({k.removeprefix('all_receivers_')}): trip "
+                         f"{v['trip_ms']} ms against {v['text_ms']} ms of text, {v['trip_over_text']:.2f}.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--eval", default="data/mix/eval.jsonl")
+    ap.add_argument("--checkpoint", default="models/stage3/best")
+    ap.add_argument("--pick", default="models/pick")
+    ap.add_argument("--n", type=int, default=56, help="eval prompts (default 56: 7 batches of 8)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="bench/results/latency.json")
+    a = ap.parse_args(argv)
+    r = run(a.params, a.eval, a.checkpoint, a.pick, a.n, a.threads)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(r))
+    print(markdown(r))
+    return r
+
+
+if __name__ == "__main__":
+    main()
