@@ -56,7 +56,7 @@ def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int
     M = params.stage3.M
     sender = Sender.load(params, pick_dir, M)
     llms = {s: load_frozen(s, c, params.prompt, params.cache_dir) for s, c in params.models.items()}
-    lw = LatentWire(params, M, llms)
+    lw = LatentWire(params, M, llms, pick_dir=pick_dir)
     if Path(checkpoint, "meta.json").is_file():  # timing does not depend on the weights
         lw.load(checkpoint)
     lw.eval()
@@ -72,7 +72,6 @@ def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int
            "models": {}}
     for slot, llm in llms.items():
         rec = Receiver(llm)
-        adapter = lw.adapters[slot]
         text_rest = [rec.embed(rec.ids(llm.template.body(r["context"], r["question"]) + llm.template.suffix))
                      for r in rows]
         res = {}
@@ -83,7 +82,7 @@ def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int
                 if i == 0:  # warm-up both paths
                     rec.generate([text_rest[k] for k in batch], 1)
                 t_text.append(ms(lambda: rec.generate([text_rest[k] for k in batch], 1))[0])
-                t, rests = ms(lambda: [rec.rest(adapter(torch.tensor(payload.unpack(payloads[k], sender.codebook).ids)),
+                t, rests = ms(lambda: [rec.rest(lw.codec.soft(slot, payload.unpack(payloads[k], sender.codebook)),
                                                 rows[k]["question"]) for k in batch])
                 t_unpack.append(t)
                 if i == 0:

@@ -1,6 +1,6 @@
 """Is a latent F1 difference between two runs more than noise? A paired bootstrap over questions.
 
-    python bench/paired_diff.py A/predictions.jsonl B/predictions.jsonl [--variant latent_int4]
+    python bench/paired_diff.py A/predictions.jsonl B/predictions.jsonl [--variant latent_ids]
 
 Both files are `data/eval/predictions.jsonl` of an `evaluate` run on the same eval mix (e.g.
 the workspace before and after `bench/teacher_exp.sh`, or two `dvc exp` runs). Per model x
@@ -34,7 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("a")
     ap.add_argument("b")
-    ap.add_argument("--variant", default="latent_int4", help="prediction variant (f1_<variant> field)")
+    ap.add_argument("--variant", default="latent_ids", help="prediction variant (f1_<variant> field)")
     ap.add_argument("--n-boot", type=int, default=10_000)
     args = ap.parse_args()
     a, b = load(args.a, args.variant), load(args.b, args.variant)
@@ -44,7 +44,7 @@ def main() -> None:
     for key in sorted(a):
         groups[key[:2]].append(key)
         groups[(key[0], "all")].append(key)
-    print(f"| model | dataset | n | F1 A | F1 B | B - A | 95 % CI | changed |\n|---|---|---|---|---|---|---|---|")
+    print("| model | dataset | n | F1 A | F1 B | B - A | 95 % CI | changed |\n|---|---|---|---|---|---|---|---|")
     for (model, ds), keys in sorted(groups.items()):
         d = [b[k] - a[k] for k in keys]
         lo, hi = interval(d, args.n_boot, seed=0)

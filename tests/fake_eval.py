@@ -1,23 +1,21 @@
 """A small, seeded metrics/eval.json + predictions in evaluate.py's schema (report / plots tests).
 
-The wire accounting is the real one (wire.wire_bytes at the default WireConfig); every F1, EM,
+The wire sizes are those of M=32 slots of 16 values (fp16 / int8 / int4 with group scales); every F1, EM,
 ratio and diagnostic is a distinct random number, so a value read from the wrong key shows.
 """
 from __future__ import annotations
 
 import random
 
-from latentwire.config import WireConfig
-from latentwire.wire import wire_bytes
-
 PRECISIONS = {"fp16": 16, "int8": 8, "int4": 4}
+SIZES = {16: 1025, 8: 545, 4: 289}
 
 
 def fake_metrics(seed: int = 0, models=("llama", "qwen"), datasets=("nq", "squad"), M: int = 32,
                  bits: int = 4) -> dict:
     rng = random.Random(seed)
     r = lambda: round(rng.random(), 6)  # noqa: E731
-    wire = {name: wire_bytes(M, WireConfig(), b, n_models=len(models)) for name, b in PRECISIONS.items()}
+    wire = {name: {"bits": b, "per_model": SIZES[b], "total": SIZES[b]} for name, b in PRECISIONS.items()}
     B = wire[{16: "fp16", 8: "int8", 4: "int4"}[bits]]["per_model"]
     metrics = {"M": M, "reported_bits": bits, "equal_byte_budget": B, "wire": wire, "wall_s": {}}
     for slot in models:

@@ -1,6 +1,7 @@
 """params.yaml -> typed dataclasses: the repo file loads; typos and wrong types fail loudly."""
 import copy
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,36 @@ def test_not_a_mapping_or_empty(tmp_path, text, expected):
     path = tmp_path / "params.yaml"
     path.write_text(text, encoding="utf-8")
     assert expected in error(path)
+
+
+def test_params_yaml_is_the_one_source_of_defaults():
+    """Every section of params.yaml names every field of its dataclass, with the dataclass's own
+    default: a params file that leaves a key out gets exactly what params.yaml says (the
+    per-entry tables, data.datasets and models, name their own values)."""
+    import dataclasses
+
+    from latentwire import config as C
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    diffs = []
+
+    def default(f):
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+    def walk(cls, section: dict, where: str, instance=None):
+        for f in dataclasses.fields(cls):
+            key = f"{where}.{f.name}".lstrip(".")
+            value = getattr(instance, f.name) if instance is not None else default(f)
+            if f.name not in section:
+                diffs.append(f"{key}: missing from params.yaml")
+            elif dataclasses.is_dataclass(value):
+                walk(type(value), section[f.name], key, value)
+            elif key in ("data.datasets", "models", "teachers", "teacher_device_map"):
+                continue  # tables of entries: each names its own values
+            else:
+                got = C._coerce(typing.get_type_hints(cls)[f.name], section[f.name], key)
+                if got != value:
+                    diffs.append(f"{key}: params.yaml {section[f.name]!r} != dataclass default {value!r}")
+
+    walk(C.Params, raw, "")
+    assert not diffs, diffs

@@ -4,10 +4,9 @@ import json
 import pytest
 
 import tiny  # noqa: F401  (sets HF_HUB_OFFLINE before transformers is imported)
-from latentwire import evaluate
+from latentwire import baselines, evaluate
+from latentwire.baselines import clean, cut_tokens, evaluate_model, generate_text, score, text_variants
 from latentwire.config import ModelConfig, PromptConfig
-from latentwire.evaluate import (clean, cut_tokens, evaluate_model, generate_text, score,
-                                 text_variants)
 from latentwire.llm import load_frozen
 
 PROMPT = PromptConfig(instruction="Answer the question with a short span copied from the context.",
@@ -134,7 +133,7 @@ def test_evaluate_model_tiny(llms):
     llm, M, B = llms["llama"], 8, 60
     predictions = [{"earlier": True}]
     res = evaluate_model(llm, ROWS, M, B, max_new_tokens=4, batch_size=2, predictions=predictions)
-    assert sorted(res) == ["nq", "squad"]
+    assert sorted(res) == ["nq", "squad"] and len(predictions) == 1 + len(ROWS)
     for ds, rows in (("squad", [ROWS[0], ROWS[2]]), ("nq", [ROWS[1]])):
         r = res[ds]
         bodies = [f"Context: {x['context']}\nQuestion: {x['question']}" for x in rows]
@@ -142,8 +141,9 @@ def test_evaluate_model_tiny(llms):
         assert r["prompt_bytes"] == pytest.approx(sum(len(b.encode()) for b in bodies) / len(rows))
         assert r["prompt_tokens"] == pytest.approx(sum(ntok(llm, b) for b in bodies) / len(rows))
         assert r["prompt_tokens"] < r["prompt_bytes"]  # BPE merges: fewer tokens than bytes
-        for name in ("text", "m_token", "equal_byte"):
-            assert 0.0 <= r[name]["em"] <= r[name]["f1"] <= 1.0
+        for name in ("text", "m_token", "equal_byte"):  # the scores are the examples' own, averaged
+            mine = [p for p in predictions[1:] if p["dataset"] == ds]
+            assert r[name]["f1"] == pytest.approx(sum(p[f"f1_{name}"] for p in mine) / len(mine))
         assert r["m_token"]["tokens"] == M and r["equal_byte"]["bytes"] == B
     assert predictions[0] == {"earlier": True} and len(predictions) == 1 + len(ROWS)
     assert [(p["dataset"], p["id"]) for p in predictions[1:]] == [("nq", "n1"), ("squad", "s1"), ("squad", "s2")]
@@ -151,7 +151,7 @@ def test_evaluate_model_tiny(llms):
         row = next(r for r in ROWS if r["id"] == p["id"])
         assert p["model"] == "llama" and p["question"] == row["question"] and p["answers"] == row["answers"]
         for name in ("text", "m_token", "equal_byte"):
-            assert isinstance(p[f"pred_{name}"], str) and 0.0 <= p[f"f1_{name}"] <= 1.0
+            assert p[f"f1_{name}"] == baselines.best_f1(p[f"pred_{name}"], row["answers"])
 
 
 def test_evaluate_model_scores_each_baseline(llms, monkeypatch):
@@ -170,7 +170,7 @@ def test_evaluate_model_scores_each_baseline(llms, monkeypatch):
             out.append(seen[0] if seen else "no idea")
         return out
 
-    monkeypatch.setattr(evaluate, "generate_text", oracle)
+    monkeypatch.setattr(baselines, "generate_text", oracle)
     predictions = []
     res = evaluate_model(llm, ROWS, M, B, max_new_tokens=5, batch_size=7, predictions=predictions)
     assert sorted(calls) == sorted((f"qwen/{ds}/{name}", 5, 7, n) for ds, n in (("squad", 2), ("nq", 1))
@@ -206,6 +206,7 @@ models:
   qwen: {{source: hub, hub_id: "{tiny_models['qwen']}"}}
 prompt: {{example_context: "The Eiffel Tower was completed in 1889.",
           example_question: "When?", example_answer: "1889"}}
+encoder: {{kind: bytes, d_z: 32, layers: 1, heads: 2, max_bytes: 64}}
 stage3: {{M: 32}}
 evaluate: {{max_new_tokens: 3, batch_size: 2, max_examples: 1}}
 """, encoding="utf-8")
@@ -216,10 +217,12 @@ evaluate: {{max_new_tokens: 3, batch_size: 2, max_examples: 1}}
                             part="text", baselines_path=str(baselines))
     saved = json.loads(baselines.read_text(encoding="utf-8"))
     assert saved["metrics"] == metrics
-    assert metrics["M"] == 32 and metrics["equal_byte_budget"] == 289  # int4, 2 models (test_wire)
+    # the byte sender's payload: 5 header + width, group + 16 fp16 scales + 512 int4 values + CRC
+    assert metrics["M"] == 32 and metrics["equal_byte_budget"] == 5 + 2 + 32 + 256 + 2
     for slot in ("llama", "qwen"):
         assert metrics[slot]["squad"]["n"] == metrics[slot]["nq"]["n"] == 1  # max_examples
-        assert metrics[slot]["squad"]["equal_byte"]["bytes"] == 289
+        assert metrics[slot]["squad"]["equal_byte"]["bytes"] == 297
+        assert "selected_text" not in metrics[slot]["squad"]  # no pick: no selected baselines
         assert metrics[slot]["embedding"]["mean_norm"] > 0
     assert sorted((p["model"], p["id"]) for p in saved["predictions"]) == [
         ("llama", "n1"), ("llama", "s1"), ("qwen", "n1"), ("qwen", "s1")]

@@ -147,12 +147,13 @@ def test_same_seed_same_bytes(tmp_path, tiny_models, monkeypatch):
     import torch
     from safetensors import safe_open
     from test_train import rows
+    from tiny import fit_pick
     from latentwire import kd, train
 
     def run(where: Path) -> dict[str, bytes]:
-        raw = yaml.safe_load((REPO / "params.yaml").read_text())
+        raw = yaml.safe_load((REPO / "params.yaml").read_text())  # the default sender (ids)
         raw["models"] = {"llama": {"source": "local", "path": str(tiny_models["llama"])}}
-        raw["encoder"] = {"d_z": 32, "layers": 1, "heads": 2, "max_bytes": 96, "hint_buckets": 4}
+        raw["pick"].update(span=4, hidden=8, epochs=2)
         raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 4}
         raw["train"] = {"batch_size": 4, "dev_examples": 4, "eval_every": 2, "save_every": 2}
         raw["stage1"] = {"M": 8, "epochs": 1, "K": 1}
@@ -160,17 +161,19 @@ def test_same_seed_same_bytes(tmp_path, tiny_models, monkeypatch):
         (where / "params.yaml").write_text(yaml.safe_dump(raw))
         (where / "data/mix/train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(12, "squad")))
         monkeypatch.chdir(where)
+        fit_pick(where)
         kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
         train.main("stage1", "params.yaml", ".")
         out = {"curve": (where / "metrics/train/stage1_curve.csv").read_bytes()}
-        for name in ("data/kd/llama.safetensors", "models/stage1/best/model.safetensors"):
+        for name in ("models/pick/pick.safetensors", "data/kd/llama.safetensors",
+                     "models/stage1/best/model.safetensors"):
             with safe_open(str(where / name), "pt") as f:  # the header's key order may vary
                 out[name] = (f.metadata(), {k: f.get_tensor(k) for k in f.keys()})
         return out
 
     a, b = run(tmp_path / "a"), run(tmp_path / "b")
     assert a["curve"] == b["curve"]
-    for name in ("data/kd/llama.safetensors", "models/stage1/best/model.safetensors"):
+    for name in ("models/pick/pick.safetensors", "data/kd/llama.safetensors", "models/stage1/best/model.safetensors"):
         (meta_a, ta), (meta_b, tb) = a[name], b[name]
         assert meta_a == meta_b and ta.keys() == tb.keys(), name
         assert all(torch.equal(ta[k], tb[k]) for k in ta), f"{name} differs between two runs"

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from latentwire import evaluate, kd, pick, sender, train
+from latentwire import baselines, evaluate, kd, pick, sender, train
 from latentwire.config import load_params
 from latentwire.latent import Receiver
 from latentwire.llm import load_frozen
@@ -104,7 +104,7 @@ def test_every_variant_carries_the_same_question_and_template(project, trained):
     p = load_params(project / "params.yaml")
     llm = load_frozen("qwen", p.models["qwen"], p.prompt)
     row = rows(1, "squad")[0]
-    v = evaluate.text_variants(llm, row, 4, 23, selected="The river Seine")
+    v = baselines.text_variants(llm, row, 4, 23, selected="The river Seine")
     tail = f"\nQuestion: {row['question']}" + llm.template.suffix
     head = llm.template.prefix + "Context: "
     for name, prompt in v.items():

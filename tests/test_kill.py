@@ -1,4 +1,4 @@
-"""Kill matrix: teacher-kd-cache, a curriculum stage and both evaluate parts, each run as its
+"""Kill matrix on the default sender (ids): teacher-kd-cache, a curriculum stage and both evaluate parts, each run as its
 CLI (`python -m latentwire ...`) in a subprocess on the tiny models, stopped mid-run by SIGTERM
 or SIGKILL, then rerun. The rerun must say it resumed, and its outputs must equal those of an
 uninterrupted run bit for bit: on CPU with one thread every kernel used here is deterministic,
@@ -24,13 +24,14 @@ import yaml
 from safetensors import safe_open
 
 from test_train import rows
+from tiny import fit_pick
 
 REPO = Path(__file__).resolve().parents[1]
 
 HOOKS = '''
 import os, time
 if os.environ.get("LATENTWIRE_TEST_DELAY"):
-    from latentwire import evaluate, kd, train
+    from latentwire import baselines, evaluate, kd, train
 
     def slow(owner, name, delay=float(os.environ["LATENTWIRE_TEST_DELAY"])):
         real = getattr(owner, name)
@@ -41,7 +42,7 @@ if os.environ.get("LATENTWIRE_TEST_DELAY"):
         setattr(owner, name, wrapper)
 
     for owner, name in ((kd, "teacher_logp"), (train.Stage, "accumulate"),
-                        (evaluate, "generate_text"), (evaluate, "latent_model")):
+                        (baselines, "generate_text"), (evaluate, "latent_model")):
         slow(owner, name)
 '''
 
@@ -100,7 +101,8 @@ def outputs(project: Path, stage: str) -> dict:
             return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
 
     def no_wall(obj):
-        return {k: no_wall(v) for k, v in obj.items() if k != "wall_s"} if isinstance(obj, dict) else obj
+        return ({k: no_wall(v) for k, v in obj.items() if k not in ("wall_s", "peak_rss_mb")}
+                if isinstance(obj, dict) else obj)
 
     if stage == "kd":
         return {s: tensors(project / f"data/kd/{s}.safetensors") for s in ("llama", "qwen")}
@@ -141,8 +143,7 @@ def base(tmp_path_factory, tiny_models):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["models"] = {"llama": {"source": "local", "path": str(tiny_models["llama"])},
                      "qwen": {"source": "local", "path": str(tiny_models["qwen"])}}
-    raw["encoder"] = {"d_z": 32, "layers": 1, "heads": 2, "max_bytes": 96, "hint_buckets": 4}
-    raw["wire"]["d_wire"] = 8
+    raw["pick"].update(span=4, hidden=8, epochs=2)  # the default sender (ids)
     raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 2}  # 10 batches a slot
     raw["train"] = {"batch_size": 4, "dev_examples": 4, "eval_every": 2, "save_every": 2, "lr": 3e-3}
     raw["stage1"] = {"M": 8, "epochs": 2, "K": 1, "kd": 1.0, "ce": 1.0}  # 16 rows / 4 x 2 = 8 steps
@@ -154,6 +155,7 @@ def base(tmp_path_factory, tiny_models):
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     for split, rs in (("train", rows(12, "squad") + rows(8, "nq")), ("eval", rows(3, "squad") + rows(3, "nq"))):
         (root / f"data/mix/{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    fit_pick(root)
     code = ("import json, sys\nfrom latentwire.__main__ import main\n"
             "for argv in json.loads(sys.argv[1]):\n    if main(argv):\n        sys.exit(1)")
     r = subprocess.run([sys.executable, "-c", code, json.dumps(list(COMMANDS.values()))], cwd=root,

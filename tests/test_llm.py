@@ -97,7 +97,7 @@ def chat(tok, prompt: PromptConfig, context: str, question: str) -> str:
 @pytest.mark.parametrize("shot", [True, False])
 def test_chat_template(tokenizers, kind, shot):
     tok = tokenizers[kind]
-    prompt = PROMPT if shot else PromptConfig(instruction=PROMPT.instruction)
+    prompt = PROMPT if shot else PromptConfig(instruction=PROMPT.instruction, example_context="")
     t = build_template(tok, prompt)
     body = t.body(CONTEXT, QUESTION)
     assert body == f"Context: {CONTEXT}\nQuestion: {QUESTION}"
@@ -119,7 +119,7 @@ def test_plain_template_without_chat(tokenizers):
     no_chat = AutoTokenizer.from_pretrained(tokenizers["llama"].name_or_path)
     no_chat.chat_template = None  # a base model: the plain template even if asked for chat
     assert build_template(no_chat, PROMPT).render(CONTEXT, QUESTION) == expected
-    zero = build_template(no_chat, PromptConfig(instruction="Answer with a span."))
+    zero = build_template(no_chat, PromptConfig(instruction="Answer with a span.", example_context=""))
     assert zero.render(CONTEXT, QUESTION) == f"Answer with a span.\n\nContext: {CONTEXT}\nQuestion: {QUESTION}\nAnswer:"
 
 

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from latentwire import kd, launch, train
+from latentwire.io import sha256_of
 from latentwire.latent import Receiver
 from test_train import project  # noqa: F401  (the tiny project fixture)
 
@@ -34,11 +35,11 @@ def test_out_of_memory_halves_the_batch_and_retries(project, monkeypatch):
     kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
     real, raised = Receiver.answer_logits, []
 
-    def oom_once(self, soft, answer_ids):  # in a training step (dev validation is no_grad)
-        if soft.shape[0] > 2 and not raised and torch.is_grad_enabled():
-            raised.append(soft.shape[0])
+    def oom_once(self, rests, answer_ids):  # in a training step (dev validation is no_grad)
+        if len(rests) > 2 and not raised and torch.is_grad_enabled():
+            raised.append(len(rests))
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, soft, answer_ids)
+        return real(self, rests, answer_ids)
 
     monkeypatch.setattr(Receiver, "answer_logits", oom_once)
     m = train.main("stage1", "params.yaml", ".")
@@ -80,7 +81,7 @@ def test_cosine_spans_every_epoch_and_best_epoch_is_reported(project, monkeypatc
     assert run["versions"]["torch"] == torch.__version__
     assert run["placement"] == {"llama": {"device_map": "cpu", "device": "cpu"},
                                 "qwen": {"device_map": "cpu", "device": "cpu"}}
-    assert run["data_sha256"] == kd.file_sha256(project / "data/mix/train.jsonl")
+    assert run["data_sha256"] == sha256_of(project / "data/mix/train.jsonl")
     side = json.loads((project / "data/kd/llama.json").read_text())
     assert run["teacher_hash"]["llama"] == side["teacher_hash"] and len(side["teacher_hash"]) == 64
 
@@ -110,7 +111,7 @@ def test_two_cpu_processes_match_one(project, monkeypatch):
     cmd = [sys.executable, "-m", "latentwire", "train", "stage1", "--params", "params.yaml"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
     one, one_m = curve(project), json.loads((project / "metrics/train/stage1.json").read_text())
-    for p in ("models", "metrics"):
+    for p in ("models/stage1", "metrics/train"):  # models/pick stays (the ids sender)
         shutil.rmtree(project / p)
     out = subprocess.run(cmd, env={**env, "LATENTWIRE_PROCESSES": "2"}, capture_output=True,
                          text=True, timeout=300)

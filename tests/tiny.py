@@ -98,3 +98,34 @@ def make_tiny(kind: str, folder: Path) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+FACTS = [("Paris", "France", "Seine"), ("Rome", "Italy", "Tiber"), ("London", "England", "Thames"),
+         ("Berlin", "Germany", "Spree"), ("Lyon", "France", "Rhone")]
+
+
+def qa_rows(n: int, dataset: str, offset: int = 0) -> list[dict]:
+    """n QA rows in the mix's schema whose answer (a river) sits in the context's third sentence."""
+    out = []
+    for i in range(offset, offset + n):
+        city, country, river = FACTS[i % len(FACTS)]
+        out.append({"id": f"{dataset}-{i}", "dataset": dataset, "title": f"t{i}",
+                    "question": f"Which river flows through {city}?",
+                    "context": (f"{city} is a large city of {country}. It has many bridges and parks. "
+                                f"The river {river} flows through {city}. Number {i} is here."),
+                    "answers": [river]})
+    return out
+
+
+def fit_pick(root: Path, params: str = "params.yaml", n: int = 24) -> dict:
+    """The `pick` stage on a small pool of qa_rows, inside project folder `root` (the default
+    sender, encoder.kind ids, needs models/pick)."""
+    import json
+
+    from latentwire import sender
+
+    (root / "data/mix").mkdir(parents=True, exist_ok=True)
+    (root / "data/mix/pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa_rows(n, "squad", 500)))
+    return sender.main(str(root / params), str(root / "data/mix/pool.jsonl"),
+                       str(root / "data/pick/features.safetensors"), str(root / "models/pick"),
+                       str(root / "metrics/pick.json"))

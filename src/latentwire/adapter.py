@@ -10,7 +10,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .encoder import INIT_STD, resize_rows
+
+INIT_STD = 0.02
+
+
+def resize_rows(w: torch.Tensor, m: int) -> torch.Tensor:
+    """A [n, d] table -> [m, d] by linear interpolation along n (align_corners=True).
+
+    From 0 rows the new rows are drawn like a fresh init; from 1 row that init is added to the
+    copies so the new rows do not start (and stay) identical.
+    """
+    n, d = w.shape
+    if n == m:
+        return w.clone()
+    if n >= 2 and m >= 1:
+        return F.interpolate(w.T[None], size=m, mode="linear", align_corners=True)[0].T
+    fresh = torch.randn(m, d, dtype=w.dtype, device=w.device) * INIT_STD
+    return fresh + w if n == 1 else fresh  # n == 1 broadcasts its row; n or m == 0: fresh
 
 
 class Adapter(nn.Module):

@@ -45,8 +45,8 @@ class DatasetConfig:
 class DataConfig:
     root: str = "../shared/data"     # env LATENTWIRE_DATA overrides
     eval_fraction: float = 0.2       # share of titles held out for eval (split by title hash)
-    train_examples: int = 256        # size of the train mix, split by weight
-    max_context_chars: int = 1200    # longer contexts: a window of this size around the answer
+    train_examples: int = 128        # size of the train mix, split by weight
+    max_context_chars: int = 600     # longer contexts: a window of this size around the answer
     pick_pool: int = 6000            # train-split examples (never an eval title) to fit the pick on
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
 
@@ -93,21 +93,20 @@ class ModelConfig:
 class PromptConfig:
     """One template for every model and stage; see llm.PromptTemplate."""
     instruction: str = "Answer the question with a short span copied from the context."
-    example_context: str = ""        # one-shot example (empty: zero-shot)
-    example_question: str = ""
-    example_answer: str = ""
+    example_context: str = ("The Eiffel Tower was completed in 1889 and stands on the Champ de Mars "
+                            "in Paris.")     # one-shot example (empty: zero-shot)
+    example_question: str = "When was the Eiffel Tower completed?"
+    example_answer: str = "1889"
     use_chat_template: bool = True
 
 
 @dataclass
 class WireConfig:
-    """What crosses the wire per latent slot: see wire.wire_bytes."""
+    """The continuous codes of encoder.kind bytes (payload kind values); kind ids sends 16-bit ids."""
     d_wire: int = 16                 # values per slot on the wire
-    bits: int = 4                    # reported precision: 16 (fp16), 8 or 4 (int, group scales)
+    bits: int = 4                    # precision: 16 (fp16), 8 or 4 (ints with one fp16 scale per group)
     group_size: int = 32             # values sharing one scale
-    scale_bytes: int = 2             # one fp16 scale per group
-    hint_bytes: int = 1              # answer-length hint (uint8)
-    shared_fraction: float = 0.75    # S / M; P = M - S private slots per model
+    shared_fraction: float = 1.0     # S / M; P = M - S private slots per model (bytes; ids: 1.0)
 
     def __post_init__(self):
         _choice("bits", self.bits, (16, 8, 4))
@@ -117,26 +116,22 @@ class WireConfig:
 
 @dataclass
 class EncoderConfig:
-    """The sender: prompt -> transformer -> gated residual pooling -> Z.
-
-    kind "bytes": the seed's byte encoder, UTF-8 bytes from scratch. kind "lm": the hidden
-    states of a frozen model slot (`feature_model`, layer `feature_layer`) reading the full
-    text prompt, then the same transformer + pooling (a pretrained-feature encoder). kind
-    "tokens": picked prompt tokens, each sent as a learned code (tokens.py)."""
-    kind: str = "bytes"              # bytes | lm | tokens | ids
-    feature_model: str = ""          # lm: the model slot whose hidden states are the input
-    feature_layer: int = -1          # lm: index into hidden_states (-1: the last, after the norm)
-    d_z: int = 256                   # encoder width
-    layers: int = 6
+    """The sender. kind "ids" (ids.py, sender.py, pick.py): picked context tokens sent as 16-bit
+    ids of the codebook, the tokenizer of models.<feature_model>. kind "bytes" (encoder.py): the
+    seed's byte encoder, the context's UTF-8 bytes -> transformer -> gated residual pooling -> Z."""
+    kind: str = "ids"                # ids | bytes
+    feature_model: str = "llama"     # ids: the model slot whose tokenizer is the codebook
+    d_z: int = 512                   # bytes: encoder width
+    layers: int = 6                  # bytes: transformer layers before pooling
     heads: int = 4
-    max_bytes: int = 1024            # longest input (bytes; lm: tokens); longer is cut and counted
+    max_bytes: int = 768             # bytes: longer contexts are cut (the count is in metrics)
     dropout: float = 0.0
-    hint_buckets: int = 8            # answer-length hint classes, sent as hint_bytes
+    hint_buckets: int = 8            # bytes: answer-length hint classes, one byte in the header
 
     def __post_init__(self):
-        _choice("kind", self.kind, ("bytes", "lm", "tokens", "ids"))
-        if self.kind != "bytes" and not self.feature_model:
-            raise ConfigError(f"encoder.feature_model: the {self.kind} encoder needs a model slot")
+        _choice("kind", self.kind, ("ids", "bytes"))
+        if self.kind == "ids" and not self.feature_model:
+            raise ConfigError("encoder.feature_model: the ids sender needs a model slot (its codebook)")
         if self.d_z % self.heads:
             raise ConfigError("encoder.d_z must be divisible by encoder.heads")
         if not 1 <= self.hint_buckets <= 256:
@@ -147,8 +142,8 @@ class EncoderConfig:
 class PickConfig:
     """encoder.kind ids: the sender's pick (pick.py), fitted by the `pick` stage."""
     span: int = 12                   # tokens per picked span (around its best-rated token)
-    hidden: int = 64                 # the pick MLP's width
-    epochs: int = 6                  # passes over the pool's tokens
+    hidden: int = 64                 # the pick GRU's width
+    epochs: int = 5                  # passes over the pool's tokens
     max_tokens: int = 1024           # longer contexts are read up to this many sender tokens
 
     def __post_init__(self):
@@ -174,16 +169,14 @@ class TrainConfig:
     grad_accum: int = 1
     warmup_frac: float = 0.1         # of the stage's optimiser steps
     dev_examples: int = 32           # held out of the train mix for adaptive K + best checkpoint
-    eval_every: int = 20             # optimiser steps between dev evaluations
-    save_every: int = 20             # optimiser steps between resumable checkpoints
+    eval_every: int = 12             # optimiser steps between dev evaluations
+    save_every: int = 4              # optimiser steps between resumable checkpoints
     model_weights: dict[str, float] = field(default_factory=dict)  # loss weight per slot (default 1)
     K_thresholds: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5])  # acc -> K+1
     hard_negative: bool = True       # weight KD towards wrong first tokens + uncertain teachers
-    hint_weight: float = 0.1         # loss weight of the answer-length hint head
-    diversity_weight: float = 0.0    # weight of the mean pairwise cosine of Z across the batch
-    select_weight: float = 1.0       # tokens encoder: weight of the scorer's answer-position loss
-    codec_steps: int = 1000          # tokens encoder: codec warm-start steps before stage1 (0: off)
-    qat: bool = False                # train through wire.bits quantisation (straight-through)
+    hint_weight: float = 0.1         # bytes: loss weight of the answer-length hint head
+    diversity_weight: float = 0.0    # bytes: weight of the mean pairwise cosine of Z across the batch
+    qat: bool = True                 # bytes: train through wire.bits quantisation (straight-through)
     max_steps: int | None = None     # cap on optimiser steps per stage (tests, smoke runs)
     deterministic: bool = False      # deterministic GPU kernels (slower; README "Determinism")
 
@@ -203,7 +196,7 @@ class StageConfig:
 
 @dataclass
 class EvaluateConfig:
-    max_new_tokens: int = 16
+    max_new_tokens: int = 12
     batch_size: int = 8
     max_examples: int | None = None  # per dataset, on top of data.*.max_eval (tests use it)
 
@@ -226,7 +219,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     stage1: StageConfig = field(default_factory=lambda: StageConfig(M=64, kd=1.0, ce=0.0))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(M=48, kd=1.0, ce=1.0))
-    stage3: StageConfig = field(default_factory=StageConfig)
+    stage3: StageConfig = field(default_factory=lambda: StageConfig(M=32, kd=1.0, ce=1.0))
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def __post_init__(self):
@@ -236,9 +229,9 @@ class Params:
             for slot in getattr(self, key):
                 if slot not in self.models:
                     raise ConfigError(f"{key}.{slot}: no such model slot {list(self.models)}")
-        if self.encoder.kind in ("tokens", "ids") and self.wire.shared_fraction != 1.0:
-            raise ConfigError(f"wire.shared_fraction: the {self.encoder.kind} encoder shares every slot: set 1.0")
-        if self.encoder.kind != "bytes" and self.encoder.feature_model not in self.models:
+        if self.encoder.kind == "ids" and self.wire.shared_fraction != 1.0:
+            raise ConfigError("wire.shared_fraction: the ids sender shares every slot: set 1.0")
+        if self.encoder.kind == "ids" and self.encoder.feature_model not in self.models:
             raise ConfigError(f"encoder.feature_model: no such model slot "
                               f"{self.encoder.feature_model!r} {list(self.models)}")
 
@@ -246,6 +239,11 @@ class Params:
         if name not in ("stage1", "stage2", "stage3"):
             raise ConfigError(f"unknown curriculum stage {name!r}: expected stage1, stage2 or stage3")
         return getattr(self, name)
+
+
+def teachers_of(params: Params, slot: str) -> list[ModelConfig]:
+    """The teachers of model slot `slot`: teachers.<slot>, or the model itself."""
+    return params.teachers.get(slot) or [params.models[slot]]
 
 
 def _choice(name, value, allowed):

@@ -1,8 +1,7 @@
-"""The sender: a prompt -> latent slots Z plus a predicted answer-length hint.
+"""encoder.kind bytes, the seed's sender: the context's UTF-8 bytes -> latent slots Z plus a
+predicted answer-length hint, and `ByteCodec`, its side of the trip (wire values, adapters).
 
-bytes -> embedding + positions -> transformer -> gated residual pooling -> Z [B, S + n*P, d_wire]
-(kind "lm": a frozen model's hidden states (features.py) -> projection -> the same transformer
-and pooling; the frozen model already encodes order, so no positional table is learned.)
+bytes -> embedding + positions -> transformer -> gated residual pooling -> Z [B, S + n*P, d_wire].
 Learned queries cross-attend to the byte features: S shared queries read by every model, then
 one group of P private queries per model slot (in `slots` order). Model `slot` reads
 slot_view(Z, slot) = the S shared rows followed by its own P rows, M = S + P in all.
@@ -15,11 +14,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .adapter import INIT_STD, Adapter, resize_rows
 from .config import EncoderConfig
-from .wire import split_slots
+from .losses import pairwise_cosine
+from .payload import KIND_VALUES, Latent
+from .wire import quantize, split_slots
 
 HINT_EDGES = (2, 3, 4, 5, 7, 10, 16)  # first lengths of buckets 1..7 (bucket 0: <= 1 token)
-INIT_STD = 0.02
 
 
 def encode_bytes(texts: list[str], max_bytes: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -44,34 +45,16 @@ def hint_bucket(n_tokens: int | torch.Tensor, buckets: int) -> int | torch.Tenso
     return b if isinstance(n_tokens, torch.Tensor) else int(b)
 
 
-def resize_rows(w: torch.Tensor, m: int) -> torch.Tensor:
-    """A [n, d] table -> [m, d] by linear interpolation along n (align_corners=True).
-
-    From 0 rows the new rows are drawn like a fresh init; from 1 row that init is added to the
-    copies so the new rows do not start (and stay) identical.
-    """
-    n, d = w.shape
-    if n == m:
-        return w.clone()
-    if n >= 2 and m >= 1:
-        return F.interpolate(w.T[None], size=m, mode="linear", align_corners=True)[0].T
-    fresh = torch.randn(m, d, dtype=w.dtype, device=w.device) * INIT_STD
-    return fresh + w if n == 1 else fresh  # n == 1 broadcasts its row; n or m == 0: fresh
-
-
 class LatentEncoder(nn.Module):
 
     def __init__(self, cfg: EncoderConfig, d_wire: int, M: int, shared_fraction: float,
-                 slots: list[str], feature_dim: int | None = None):
+                 slots: list[str]):
         super().__init__()
         d = cfg.d_z
         self.cfg, self.shared_fraction, self.slots = cfg, shared_fraction, list(slots)
         self.M, (self.S, self.P) = M, split_slots(M, shared_fraction)
-        if cfg.kind == "lm":
-            self.feat_in = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, d))
-        else:
-            self.byte_emb = nn.Embedding(257, d, padding_idx=0)
-            self.pos_emb = nn.Parameter(torch.randn(cfg.max_bytes, d) * INIT_STD)
+        self.byte_emb = nn.Embedding(257, d, padding_idx=0)
+        self.pos_emb = nn.Parameter(torch.randn(cfg.max_bytes, d) * INIT_STD)
         layer = nn.TransformerEncoderLayer(d, cfg.heads, 4 * d, cfg.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.body = nn.TransformerEncoder(layer, cfg.layers, norm=nn.LayerNorm(d),
@@ -91,13 +74,11 @@ class LatentEncoder(nn.Module):
         return torch.cat([self.shared_q, *(self.private_q[s] for s in self.slots)])
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Byte ids [B, T] or frozen features [B, T, H] -> [B, T, d_z]."""
-        if self.cfg.kind == "lm":
-            return self.feat_in(x)
+        """Byte ids [B, T] -> [B, T, d_z]."""
         return self.byte_emb(x) + self.pos_emb[:x.shape[1]]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (byte ids [B, T] or features [B, T, H]), mask [B, T] -> Z [B, S + n*P, d_wire],
+        """x (byte ids [B, T]), mask [B, T] -> Z [B, S + n*P, d_wire],
         hint_logits [B, hint_buckets]."""
         mask = mask.clone()
         mask[:, 0] |= ~mask.any(1)  # an empty prompt attends to one pad byte instead of nothing
@@ -126,3 +107,76 @@ class LatentEncoder(nn.Module):
         self.shared_q = nn.Parameter(resize_rows(self.shared_q, self.S))
         for s in self.slots:
             self.private_q[s] = nn.Parameter(resize_rows(self.private_q[s], self.P))
+
+
+class ByteCodec(nn.Module):
+    """encoder.kind bytes end to end: rows -> Z (the context's bytes through LatentEncoder) ->
+    wire values (payload kind values at wire.bits, the hint in the header) -> each model's
+    Adapter. Every slot's view is S shared rows + its own P private rows."""
+    codebook = 0  # continuous values: no codebook to fingerprint
+
+    def __init__(self, params, M: int, hidden: dict[str, int], target_norm: dict[str, float]):
+        super().__init__()
+        e, w = params.encoder, params.wire
+        self.encoder = LatentEncoder(e, w.d_wire, M, w.shared_fraction, list(params.models))
+        self.adapters = nn.ModuleDict({s: Adapter(w.d_wire, hidden[s], M, e.hint_buckets, target_norm[s])
+                                       for s in params.models})
+        self.bits, self.group_size, self.max_bytes = w.bits, w.group_size, e.max_bytes
+        self.hint_buckets, self.tp = e.hint_buckets, params.train
+
+    @property
+    def M(self) -> int:
+        return self.encoder.M
+
+    def resize(self, M: int) -> None:
+        self.encoder.resize(M)
+        for a in self.adapters.values():
+            a.resize(M)
+
+    def attach(self, llm) -> None:
+        """Nothing to set up per receiver: the adapters are all learned."""
+
+    def encode(self, rows: list[dict]):
+        x, mask, _ = encode_bytes([r["context"] for r in rows], self.max_bytes)
+        dev = self.encoder.shared_q.device
+        return self.encoder(x.to(dev), mask.to(dev))
+
+    def train_softs(self, rows: list[dict], qat: bool):
+        """Per slot the soft tokens of every row, through the wire's quantisation when qat (straight-
+        through), fed the sender's own predicted hint; the hint and diversity losses and logs."""
+        z, hint_logits = self.encode(rows)
+        hint = hint_logits.argmax(-1)
+        softs = {}
+        for s, a in self.adapters.items():
+            view = self.encoder.slot_view(z, s)
+            view = quantize(view, self.bits, self.group_size, straight_through=True) if qat else view
+            softs[s] = list(a(view, hint))
+        gold = torch.tensor([hint_bucket(len(r["answers"][0].split()), self.hint_buckets) for r in rows],
+                            device=z.device)
+        z_cos = pairwise_cosine(z)
+        extra = self.tp.hint_weight * F.cross_entropy(hint_logits, gold) + self.tp.diversity_weight * z_cos
+        return softs, extra, {"hint_acc": (hint == gold).float().mean().item(), "z_cos": z_cos.item()}
+
+    @torch.no_grad()
+    def latents(self, rows: list[dict]) -> list[Latent]:
+        z, hint_logits = self.encode(rows)
+        return [Latent(KIND_VALUES, self.bits, int(h), values=zi.float().cpu().numpy(), group_size=self.group_size)
+                for zi, h in zip(z, hint_logits.argmax(-1))]
+
+    def soft(self, slot: str, latent: Latent) -> torch.Tensor:
+        """An unpacked latent -> the soft tokens `slot` reads [M, H]."""
+        dev = self.encoder.shared_q.device
+        z = torch.as_tensor(latent.values, dtype=torch.float32, device=dev)[None]
+        hint = torch.tensor([latent.hint or 0], device=dev)
+        return self.adapters[slot](self.encoder.slot_view(z, slot), hint)[0]
+
+    def selected_text(self, row: dict) -> None:
+        return None  # no pick: the selected-text baselines do not apply
+
+    def pick_recall(self, rows: list[dict], seed: int) -> None:
+        return None  # no pick
+
+    def diagnose(self, slot: str, llm, latent: Latent, sent: Latent, soft: torch.Tensor) -> dict:
+        """The quantisation error of the unpacked values against the sent ones."""
+        err = float(abs(latent.values - sent.values).max()) if latent.n else 0.0
+        return {"slots": latent.n, "max_abs_error": err}

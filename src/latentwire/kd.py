@@ -52,8 +52,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from .config import ModelConfig, Params, load_params
-from .io import atomic_path, read_jsonl, remove_temp_files, write_json
+from .config import ModelConfig, Params, load_params, teachers_of
+from .io import atomic_path, read_jsonl, remove_temp_files, sha256_of, write_json
 from .llm import PromptTemplate, build_template, load_frozen, model_folder
 from .placement import resolve as auto_place
 from .signals import StopRequest, stop_requests
@@ -61,22 +61,10 @@ from .signals import StopRequest, stop_requests
 TENSORS = ("top_idx", "top_logp", "answer_ids", "answer_mask")
 
 
-def teachers_of(params: Params, slot: str) -> list[ModelConfig]:
-    return params.teachers.get(slot) or [params.models[slot]]
-
-
 def identity(cfg: ModelConfig) -> dict:
     """What makes a model's log-probs what they are (not where it is cached)."""
     return {"source": cfg.source, "hub_id": cfg.hub_id, "path": cfg.path,
             "gguf_sha256": cfg.gguf_sha256, "dtype": cfg.dtype}
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def files_sha256(cfg: ModelConfig, cache_dir: str | None = None) -> str:
@@ -91,7 +79,7 @@ def files_sha256(cfg: ModelConfig, cache_dir: str | None = None) -> str:
     folder = Path(model_folder(cfg, cache_dir))
     h = hashlib.sha256()
     for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        h.update(f"{f.relative_to(folder)}\0{file_sha256(f)}\n".encode())
+        h.update(f"{f.relative_to(folder)}\0{sha256_of(f)}\n".encode())
     return h.hexdigest()
 
 
@@ -114,7 +102,7 @@ def cache_key(params: Params, slot: str, template: PromptTemplate, train_path: s
     it and passes it to load_cache."""
     parts = {"teacher_hash": t_hash or teacher_hash(params, slot, template),
              "slot": slot, "student": identity(params.models[slot]),
-             "K_max": params.kd.K_max, "train_sha256": file_sha256(train_path)}
+             "K_max": params.kd.K_max, "train_sha256": sha256_of(train_path)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
 
 

@@ -5,7 +5,6 @@ cache (keyed by the GGUF's sha256), then every stage loads that folder like any 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -17,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .config import ModelConfig, PromptConfig
-from .io import atomic_path
+from .io import atomic_path, sha256_of
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BODY = "Context: {context}\nQuestion: {question}"
@@ -47,15 +46,6 @@ def gguf_part_paths(cfg: ModelConfig) -> list[Path]:
             raise ModelError(f"{path}: GGUF part missing from package {part.package!r}")
         paths.append(path)
     return paths
-
-
-def sha256_of(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def assemble_gguf(cfg: ModelConfig, out: Path) -> Path:

@@ -215,6 +215,9 @@ def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epoch
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    for m in model.modules():  # the same seed gives the same start, whatever ran before
+        if m is not model and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
     X = torch.cat([r.features for r in reads])
     model.mean.copy_(X.mean(0))
     model.std.copy_(X.std(0).clamp_min(1e-3))

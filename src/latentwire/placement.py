@@ -26,7 +26,7 @@ import os
 
 import torch
 
-from .config import ModelConfig, Params
+from .config import ModelConfig, Params, teachers_of
 
 HEADROOM = 0.85  # share of a GPU's free memory the weights may take (activations, KV cache)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -97,7 +97,6 @@ def resolve(params: Params, students: bool = True, teachers: bool = False) -> Pa
     gpus = torch.cuda.device_count() > 0
     if not gpus and not (teachers and params.teacher_device_map):
         return params
-    from .kd import teachers_of
     free, ids = local_gpus()
     out = copy.deepcopy(params)
     size = (lambda cfg: model_bytes(cfg, params.cache_dir)) if gpus else (lambda cfg: 0)

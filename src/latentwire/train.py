@@ -34,15 +34,12 @@ from transformers import get_cosine_schedule_with_warmup
 
 from . import launch, placement
 from .config import Params, load_params
-from .encoder import hint_bucket
-from .io import atomic_dir, atomic_path, package_sha256, read_jsonl, restore_dir, write_json, write_text
-from .kd import cache_key, file_sha256, load_cache, teacher_hash
+from .io import (atomic_dir, atomic_path, package_sha256, peak_rss_mb, read_jsonl, restore_dir, sha256_of,
+                 write_json, write_text)
+from .kd import cache_key, load_cache, teacher_hash
 from .latent import LatentWire, Receiver
 from .llm import load_frozen
-from .sender import Sender
-from .tokens import codec_warm_start, scorer_warm_start
-from .losses import (ce_loss, first_token_correct, hard_negative_weights, kd_loss, pairwise_cosine,
-                     teacher_entropy)
+from .losses import ce_loss, first_token_correct, hard_negative_weights, kd_loss, teacher_entropy
 from .signals import StopRequest, stop_requests
 
 PREVIOUS = {"stage1": None, "stage2": "stage1", "stage3": "stage2"}
@@ -133,24 +130,12 @@ class Stage:
             cache = load_cache(root / "data/kd" / f"{s}.safetensors", key)
             self.kd[s] = ({i: n for n, i in enumerate(cache["ids"])}, cache)
             kd_keys[s] = key
-        self.model = LatentWire(params, self.sc.M, self.llms)
-        self.sender, self.picked = None, {}
-        if params.encoder.kind == "ids":  # the fitted pick, at this stage's M; ids memoised per row
-            self.sender = Sender.load(params, root / "models" / "pick", self.sc.M)
-        elif params.encoder.kind != "bytes":
-            self.model.attach(self.llms[params.encoder.feature_model])
+        self.model = LatentWire(params, self.sc.M, self.llms, pick_dir=root / "models" / "pick")
         prev = PREVIOUS[stage]
         self.prev_meta = self.model.load(root / "models" / prev / "best") if prev else None
+        pick_file = root / "models" / "pick" / "pick.safetensors"  # kind ids: the pick the ids come from
+        kd_keys["pick"] = sha256_of(pick_file) if pick_file.is_file() else None
         self.key = run_key(params, stage, self.prev_meta, kd_keys)
-        self.warm = None
-        if (params.encoder.kind == "tokens" and prev is None and params.train.codec_steps
-                and self.saved_state() is None):  # a resumed stage1 has its warm start already
-            texts = [self.body(r) for r in self.train_rows]
-            self.warm = {"codec_token_acc": codec_warm_start(self.model, self.llms, texts,
-                                                             params.train.codec_steps, params.seed),
-                         "scorer_loss": scorer_warm_start(self.model.encoder, texts,
-                                                          [r["answers"][0] for r in self.train_rows],
-                                                          params.train.codec_steps // 10)}
         tp = params.train
         self.batches_per_epoch = math.ceil(len(self.train_rows) / tp.batch_size)
         # the cosine schedule spans every optimiser step of every epoch of the stage
@@ -174,14 +159,6 @@ class Stage:
         idx = torch.tensor([index[r["id"]] for r in rows])
         return {k: cache[k][idx] for k in ("top_idx", "top_logp", "answer_ids", "answer_mask")}
 
-    def body(self, row: dict) -> str:
-        return self.llms[next(iter(self.llms))].template.body(row["context"], row["question"])
-
-    def ids(self, row: dict) -> torch.Tensor:
-        if row["id"] not in self.picked:
-            self.picked[row["id"]] = torch.tensor(self.sender.pick(row["question"], row["context"]).ids)
-        return self.picked[row["id"]]
-
     def slot_loss(self, slot: str, logits, t: dict, logs: dict) -> torch.Tensor:
         """KD (hard-negative weighted) + CE for one model slot; its numbers go to `logs`."""
         p, sc = self.params, self.sc
@@ -196,37 +173,16 @@ class Stage:
         return p.train.model_weights.get(slot, 1.0) * (sc.kd * (w * kd).mean() + sc.ce * ce.mean())
 
     def losses(self, rows: list[dict], K: int) -> tuple[torch.Tensor, dict]:
-        """Summed loss over model slots and the per-slot numbers for the curves."""
-        if self.sender is not None:
-            return self.id_losses(rows, K)
-        p, sc = self.params, self.sc
-        texts = [self.body(r) for r in rows]
-        z, hint_logits, softs, scores = self.net(texts, p.train.qat)  # fed the sender's own predicted hint
-        gold_hint = torch.tensor([hint_bucket(len(r["answers"][0].split()), p.encoder.hint_buckets)
-                                  for r in rows], device=z.device)
-        hint = hint_logits.argmax(-1)  # the sender's own prediction, as at evaluation time
-        total = p.train.hint_weight * torch.nn.functional.cross_entropy(hint_logits, gold_hint)
-        z_cos = pairwise_cosine(z)
-        total = total + p.train.diversity_weight * z_cos
-        logs = {"hint_acc": (hint == gold_hint).float().mean().item(), "z_cos": z_cos.item()}
-        if scores is not None:  # kind "tokens": the scorer learns where the answer is
-            select = self.model.encoder.select_loss(texts, [r["answers"][0] for r in rows], scores)
-            total = total + p.train.select_weight * select
-            logs["select"] = select.item()
+        """Summed loss over model slots and the per-slot numbers for the curves: each model reads
+        its soft tokens where the context goes, the question beside them as text."""
+        softs, extra, logs = self.net(rows, self.params.train.qat)
+        total = extra
         for slot, rec in self.receivers.items():
-            t = {k: v[:, :K].to(z.device) for k, v in self.targets(slot, rows).items()}
-            logits = rec.answer_logits(softs[slot], t["answer_ids"])
-            total = total + self.slot_loss(slot, logits, t, logs)
-        return total, logs
-
-    def id_losses(self, rows: list[dict], K: int) -> tuple[torch.Tensor, dict]:
-        """kind ids: the picked ids through each adapter, the question beside them as text."""
-        _, _, softs, _ = self.net([self.ids(r) for r in rows])
-        total, logs = torch.zeros(()), {}
-        for slot, rec in self.receivers.items():
-            t = {k: v[:, :K] for k, v in self.targets(slot, rows).items()}
+            t = self.targets(slot, rows)
             rests = [rec.rest(s, r["question"]) for s, r in zip(softs[slot], rows)]
-            total = total + self.slot_loss(slot, rec.answer_logits(rests, t["answer_ids"]), t, logs)
+            logits = rec.answer_logits(rests, t["answer_ids"][:, :K])
+            t = {k: v[:, :K].to(logits.device) for k, v in t.items()}
+            total = total + self.slot_loss(slot, logits, t, logs)
         return total, logs
 
     # ------------------------------------------------------------ fit / validate
@@ -427,7 +383,7 @@ def main(stage: str, params_path: str = "params.yaml", root: str = ".") -> dict:
                "K_schedule": [{"step": r["step"], "K": r["K"]} for r in st.curve
                               if r is st.curve[0] or r["K"] != st.curve[st.curve.index(r) - 1]["K"]],
                "train_examples": len(st.train_rows), "dev_examples": len(st.dev_rows),
-               "events": st.events, "wall_s": round(time.time() - t0, 1),
+               "events": st.events, "wall_s": round(time.time() - t0, 1), "peak_rss_mb": peak_rss_mb(),
                "run": run_info(st, root)}
     cols = sorted({k for r in st.curve for k in r}, key=lambda k: (k != "step", k))
     write_text(root / "metrics/train" / f"{stage}_curve.csv",
@@ -451,7 +407,7 @@ def run_info(st: Stage, root: Path) -> dict:
     return {"params": st.resolved, "versions": versions,
             "placement": st.placement, "processes": st.acc.num_processes,
             "teacher_hash": st.teacher_hash,
-            "data_sha256": file_sha256(root / "data/mix/train.jsonl")}
+            "data_sha256": sha256_of(root / "data/mix/train.jsonl")}
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

@@ -12,13 +12,14 @@ From Python (load once, then one call per prompt):
     payload = sender.send(question, context)           # bytes: what crosses the wire
     answer = receiver.receive(payload, question)       # the question travels beside it as text
 
-encoder.kind ids only: the payload is the picked context's ids (payload.py); the receiver
-unpacks them, maps them through its adapter to at most M positions and answers greedily.
+The payload is what `evaluate` decodes its latent answers from: for encoder.kind ids the picked
+context's ids (the sender needs only models/pick), for bytes the encoder's quantised values
+(the sender needs the checkpoint). The receiver unpacks it, maps it through its adapter to
+at most M positions and answers greedily.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,55 +27,61 @@ import torch
 
 from . import payload
 from .config import Params, load_params
-from .evaluate import clean
+from .baselines import clean
 from .latent import LatentWire, Receiver
 from .llm import load_frozen
 from .sender import Sender
 
 
-def _params(params: str | Params) -> Params:
-    p = params if isinstance(params, Params) else load_params(params)
-    if p.encoder.kind != "ids":
-        raise ValueError(f"send/receive need encoder.kind ids (payloads of picked ids), not {p.encoder.kind!r}")
-    return p
+class CheckpointSender:
+    """A learned sender (encoder.kind bytes): its encoder lives in the curriculum's checkpoint."""
+
+    def __init__(self, lw: LatentWire):
+        self.lw = lw
+
+    def send(self, question: str, context: str) -> bytes:
+        if not context.strip():
+            raise ValueError("send: the context is empty")
+        latent = self.lw.codec.latents([{"question": question, "context": context}])[0]
+        return payload.pack(latent, self.lw.codec.codebook)
 
 
-def load_sender(params: str | Params = "params.yaml", pick_dir: str = "models/pick") -> Sender:
-    return Sender.load(_params(params), pick_dir)
+def load_sender(params: str | Params = "params.yaml", pick_dir: str = "models/pick",
+                checkpoint: str = "models/stage3/best"):
+    """kind ids: the fitted pick alone (models/pick); a learned sender: the checkpoint's encoder."""
+    params = params if isinstance(params, Params) else load_params(params)
+    if params.encoder.kind == "ids":
+        return Sender.load(params, pick_dir)
+    return CheckpointSender(LatentWire.from_checkpoint(params, checkpoint, params.stage3.M, pick_dir))
 
 
 class LatentReceiver:
     """One frozen model slot reading payloads."""
 
-    def __init__(self, params: Params, slot: str, checkpoint: str = "models/stage3/best"):
+    def __init__(self, params: Params, slot: str, checkpoint: str = "models/stage3/best",
+                 pick_dir: str = "models/pick"):
         if slot not in params.models:
             raise ValueError(f"--model {slot!r}: no such model slot {list(params.models)}")
         self.params = params
-        meta = json.loads((Path(checkpoint) / "meta.json").read_text(encoding="utf-8"))
-        self.lw = LatentWire(params, params.stage3.M, hidden=meta["hidden"], target_norm={s: 1.0 for s in params.models})
-        self.lw.load(checkpoint)
-        self.lw.eval()
+        self.lw = LatentWire.from_checkpoint(params, checkpoint, params.stage3.M, pick_dir)
         self.llm = load_frozen(slot, params.models[slot], params.prompt, params.cache_dir)
-        codebook_tok = Sender.load(params).tokenizer if slot != params.encoder.feature_model else self.llm.tokenizer
-        self.codebook = payload.fingerprint(codebook_tok.get_vocab())
-        self.lw.set_table(codebook_tok, self.llm)
+        self.lw.attach(self.llm)
         self.rec = Receiver(self.llm)
 
     @torch.inference_mode()
     def receive(self, data: bytes, question: str) -> str:
-        latent = payload.unpack(data, self.codebook)
-        if latent.kind != payload.KIND_IDS:
-            raise payload.PayloadError("this receiver reads payloads of kind ids")
-        if latent.n > self.lw.M:
+        latent = payload.unpack(data, self.lw.codec.codebook)
+        if latent.n > self.lw.M and self.params.encoder.kind == "ids":
             raise payload.PayloadError(f"payload has {latent.n} slots, more than M = {self.lw.M}")
-        soft = self.lw.adapters[self.llm.slot](torch.tensor(latent.ids, dtype=torch.long))
+        soft = self.lw.codec.soft(self.llm.slot, latent)
         out = self.rec.generate([self.rec.rest(soft, question)], self.params.evaluate.max_new_tokens)
         return clean(out[0])
 
 
 def load_receiver(params: str | Params = "params.yaml", slot: str = "llama",
-                  checkpoint: str = "models/stage3/best") -> LatentReceiver:
-    return LatentReceiver(_params(params), slot, checkpoint)
+                  checkpoint: str = "models/stage3/best", pick_dir: str = "models/pick") -> LatentReceiver:
+    params = params if isinstance(params, Params) else load_params(params)
+    return LatentReceiver(params, slot, checkpoint, pick_dir)
 
 
 # ---------------------------------------------------------------- commands
@@ -87,6 +94,7 @@ def add_send_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="-", help="payload file, - for stdout (default)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--pick", default="models/pick", help="the fitted pick (default: %(default)s)")
+    p.add_argument("--checkpoint", default="models/stage3/best", help="a learned sender's checkpoint (kind bytes)")
 
 
 def run_send(args: argparse.Namespace) -> None:
@@ -97,7 +105,7 @@ def run_send(args: argparse.Namespace) -> None:
             raise ValueError(f"{args.context_file}: not UTF-8 ({e})") from None
     else:
         context = args.context
-    data = load_sender(args.params, args.pick).send(args.question, context)
+    data = load_sender(args.params, args.pick, args.checkpoint).send(args.question, context)
     if args.out == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -114,8 +122,9 @@ def add_receive_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--payload", default="-", help="payload file, - for stdin (default)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--checkpoint", default="models/stage3/best")
+    p.add_argument("--pick", default="models/pick", help="the fitted pick (kind ids)")
 
 
 def run_receive(args: argparse.Namespace) -> None:
     data = sys.stdin.buffer.read() if args.payload == "-" else Path(args.payload).read_bytes()
-    print(load_receiver(args.params, args.model, args.checkpoint).receive(data, args.question))
+    print(load_receiver(args.params, args.model, args.checkpoint, args.pick).receive(data, args.question))
