@@ -45,9 +45,9 @@ class DatasetConfig:
 class DataConfig:
     root: str = "../shared/data"     # env LATENTWIRE_DATA overrides
     eval_fraction: float = 0.2       # share of titles held out for eval (split by title hash)
-    train_examples: int = 128        # size of the train mix, split by weight
+    train_examples: int = 112        # size of the train mix, split by weight
     max_context_chars: int = 600     # longer contexts: a window of this size around the answer
-    pick_pool: int = 6000            # train-split examples (never an eval title) to fit the pick on
+    pick_pool: int = 5000            # train-split examples (never an eval title) to fit the pick on
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -143,7 +143,7 @@ class PickConfig:
     """encoder.kind ids: the sender's pick (pick.py), fitted by the `pick` stage."""
     span: int = 12                   # tokens per picked span (around its best-rated token)
     hidden: int = 64                 # the pick GRU's width
-    epochs: int = 5                  # passes over the pool's tokens
+    epochs: int = 8                  # passes over the pool's tokens
     max_tokens: int = 1024           # longer contexts are read up to this many sender tokens
 
     def __post_init__(self):
@@ -168,7 +168,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     warmup_frac: float = 0.1         # of the stage's optimiser steps
-    dev_examples: int = 32           # held out of the train mix for adaptive K + best checkpoint
+    dev_examples: int = 16           # held out of the train mix for adaptive K + best checkpoint
     eval_every: int = 12             # optimiser steps between dev evaluations
     save_every: int = 4              # optimiser steps between resumable checkpoints
     model_weights: dict[str, float] = field(default_factory=dict)  # loss weight per slot (default 1)
