@@ -15,6 +15,9 @@ Resume: each finished (part, model slot) unit, its metrics and predictions, is s
 data/eval/partial/<part>/<slot>-<hash>.json (see `unit_path`); a killed run, rerun, reuses the
 finished units and redoes only the unfinished slot. SIGTERM / SIGINT stop at once with 143 / 130
 (a unit is too long to wait for; the finished ones are already on disk).
+
+A little over 300 lines: the resume units (`unit_path`, `load_unit`, `save_unit`) stay beside
+the one `main` that writes them; the text baselines live in baselines.py.
 """
 from __future__ import annotations
 

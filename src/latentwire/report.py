@@ -159,6 +159,54 @@ def pick_section(metrics: dict) -> list[str]:
         table(["dataset", "n", "the pick", "first M tokens", "lexical window", "random window"], rows, 1)
 
 
+def delta_section(base: str, metrics_path: str, header: list[str], cols, pairs) -> list[str]:
+    """The table of `dvc metrics diff` deltas against `base` (or a line naming it)."""
+    out: list[str] = []
+    diff = metrics_diff(base, metrics_path)
+    out += ["", f"### Δ vs `{base}` (`dvc metrics diff {base}`: workspace − {base})", ""]
+    if all(e.get("old") is None for e in diff.values()):  # DVC read nothing at base
+        out += [f"`{base}` has no `{metrics_path}`: no deltas (`{base}` predates the file or "
+                "never ran the evaluate stage)."]
+    else:
+        drows = [[slot, ds] + [cell([fmt_delta(diff.get(f"{slot}.{ds}.{k}"), spec) for k in keys])
+                               for _, keys, spec in cols] for slot, ds in pairs]
+        out += table(header, drows, 2)
+        changed = [f"`{k}` {diff[k].get('old')} → {diff[k].get('new')}"
+                   for k in ("M", "reported_bits", "equal_byte_budget")
+                   if k in diff and diff[k].get("old") != diff[k].get("new")]
+        current = {f"{s}.{d}." for s, d in pairs}
+        gone = sorted({".".join(k.split(".")[:2]) for k, e in diff.items()
+                       if e.get("new") is None and k.count(".") >= 2
+                       and not any(k.startswith(c) for c in current)})
+        if changed:
+            out += ["", "Changed: " + ", ".join(changed) + "."]
+        if gone:
+            out += ["", f"Only in `{base}`: " + ", ".join(f"`{g}`" for g in gone) + "."]
+    return out
+
+
+def worst_section(predictions: list[dict], predictions_path: str, pairs, prec: str, worst: int) -> list[str]:
+    """Per model, the `worst` examples the latent loses most against the text."""
+    out: list[str] = []
+    out += ["", f"### Worst latent examples ({prec}): lowest latent F1, highest text F1", ""]
+    for slot in dict.fromkeys(s for s, _ in pairs):
+        picked = worst_examples(predictions, slot, prec, worst)
+        out += [f"#### {slot}", ""]
+        if not picked:
+            out += [f"No predictions of `{slot}` with both text and latent {prec} in "
+                    f"`{predictions_path}`.", ""]
+            continue
+        wrows = [[p["dataset"], short(p["id"], 24), short(p["question"]), short(" ‖ ".join(p["answers"]), 40),
+                  f"{short(p.get('pred_text', ''), 40)} ({p['f1_text']:.2f})",
+                  f"{short(p.get(f'pred_latent_{prec}', ''), 40)} ({p[f'f1_latent_{prec}']:.2f})"]
+                 for p in picked]
+        wrows = [[c.replace("|", "\\|") for c in r] for r in wrows]
+        out += table(["dataset", "id", "question", "gold", "text answer (F1)",
+                      f"latent {prec} answer (F1)"], wrows, 6)
+        out += [""]
+    return out
+
+
 def build_report(metrics_path: str = "metrics/eval.json",
                  predictions_path: str = "data/eval/predictions.jsonl",
                  base: str | None = None, worst: int = 0) -> str:
@@ -190,45 +238,9 @@ def build_report(metrics_path: str = "metrics/eval.json",
     out += ci_section(metrics, pairs, prec) + pick_section(metrics)
 
     if base is not None:
-        diff = metrics_diff(base, metrics_path)
-        out += ["", f"### Δ vs `{base}` (`dvc metrics diff {base}`: workspace − {base})", ""]
-        if all(e.get("old") is None for e in diff.values()):  # DVC read nothing at base
-            out += [f"`{base}` has no `{metrics_path}`: no deltas (`{base}` predates the file or "
-                    "never ran the evaluate stage)."]
-        else:
-            drows = [[slot, ds] + [cell([fmt_delta(diff.get(f"{slot}.{ds}.{k}"), spec) for k in keys])
-                                   for _, keys, spec in cols] for slot, ds in pairs]
-            out += table(header, drows, 2)
-            changed = [f"`{k}` {diff[k].get('old')} → {diff[k].get('new')}"
-                       for k in ("M", "reported_bits", "equal_byte_budget")
-                       if k in diff and diff[k].get("old") != diff[k].get("new")]
-            current = {f"{s}.{d}." for s, d in pairs}
-            gone = sorted({".".join(k.split(".")[:2]) for k, e in diff.items()
-                           if e.get("new") is None and k.count(".") >= 2
-                           and not any(k.startswith(c) for c in current)})
-            if changed:
-                out += ["", "Changed: " + ", ".join(changed) + "."]
-            if gone:
-                out += ["", f"Only in `{base}`: " + ", ".join(f"`{g}`" for g in gone) + "."]
-
+        out += delta_section(base, metrics_path, header, cols, pairs)
     if worst > 0:
-        predictions = read_jsonl(predictions_path)
-        out += ["", f"### Worst latent examples ({prec}): lowest latent F1, highest text F1", ""]
-        for slot in dict.fromkeys(s for s, _ in pairs):
-            picked = worst_examples(predictions, slot, prec, worst)
-            out += [f"#### {slot}", ""]
-            if not picked:
-                out += [f"No predictions of `{slot}` with both text and latent {prec} in "
-                        f"`{predictions_path}`.", ""]
-                continue
-            wrows = [[p["dataset"], short(p["id"], 24), short(p["question"]), short(" ‖ ".join(p["answers"]), 40),
-                      f"{short(p.get('pred_text', ''), 40)} ({p['f1_text']:.2f})",
-                      f"{short(p.get(f'pred_latent_{prec}', ''), 40)} ({p[f'f1_latent_{prec}']:.2f})"]
-                     for p in picked]
-            wrows = [[c.replace("|", "\\|") for c in r] for r in wrows]
-            out += table(["dataset", "id", "question", "gold", "text answer (F1)",
-                          f"latent {prec} answer (F1)"], wrows, 6)
-            out += [""]
+        out += worst_section(read_jsonl(predictions_path), predictions_path, pairs, prec, worst)
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -9,6 +9,10 @@ meta.json) and metrics/train/<stage>.json + a per-step curve CSV for `dvc plots`
 steps go to dvclive/<stage>/ (dvclive; it never writes a dvc.yaml or saves an experiment).
 A killed stage resumes from models/<stage>/last when rerun with the same params; SIGTERM or
 SIGINT finishes the optimiser step, saves models/<stage>/last and exits with 143 / 130.
+
+Why one file of ~420 lines: `Stage` is one object whose state (model, optimiser, scheduler,
+step, K, best, curve) every part reads and writes, setup, the loss, fit / validate and
+save / resume; split across modules that state would have to be passed around instead.
 """
 from __future__ import annotations
 
@@ -104,46 +108,60 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e)
 
 
+def load_models(params: Params):
+    """The frozen models, placed (null device_maps -> the GPUs; unchanged on CPU), and where."""
+    placed = placement.resolve(params)
+    llms = {s: load_frozen(s, c, params.prompt, params.cache_dir) for s, c in placed.models.items()}
+    return llms, placement.describe(placed, llms)
+
+
+def load_teachers(params: Params, llms: dict, root: Path):
+    """Per slot the KD cache ({example id: row}, tensors), its cache key and the teacher hash."""
+    kd, keys, hashes = {}, {}, {}
+    for s, llm in llms.items():
+        hashes[s] = teacher_hash(params, s, llm.template)
+        keys[s] = cache_key(params, s, llm.template, root / "data/mix/train.jsonl", hashes[s])
+        cache = load_cache(root / "data/kd" / f"{s}.safetensors", keys[s])
+        kd[s] = ({i: n for n, i in enumerate(cache["ids"])}, cache)
+    return kd, keys, hashes
+
+
+def make_optimizer(model, tp, sc, n_train: int):
+    """AdamW and a cosine schedule spanning every optimiser step of every epoch of the stage;
+    -> (optimiser, scheduler, total steps, batches per epoch)."""
+    per_epoch = math.ceil(n_train / tp.batch_size)
+    total = math.ceil(sc.epochs * per_epoch / tp.grad_accum)
+    total = min(total, tp.max_steps) if tp.max_steps is not None else total
+    opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, math.ceil(tp.warmup_frac * total), max(total, 1))
+    return opt, sched, total, per_epoch
+
+
 class Stage:
     """State and steps of one curriculum stage (litgpt-style setup / fit / validate)."""
 
     def __init__(self, params: Params, stage: str, root: Path):
         self.params, self.stage, self.root = params, stage, root
-        self.sc = params.stage(stage)
-        self.out = root / "models" / stage
+        self.sc, self.out = params.stage(stage), root / "models" / stage
         set_deterministic(params.train.deterministic)
         torch.manual_seed(params.seed)
-        rows = read_jsonl(root / "data/mix/train.jsonl")
-        self.train_rows, self.dev_rows = split_dev(rows, params.train.dev_examples, params.seed)
+        self.train_rows, self.dev_rows = split_dev(read_jsonl(root / "data/mix/train.jsonl"),
+                                                   params.train.dev_examples, params.seed)
         # one process, or one rank of `accelerate launch` (launch.py): each rank takes its share
         # of every micro-batch; the scheduler steps once per optimiser step on every rank
         self.acc = Accelerator(step_scheduler_with_optimizer=False)
         self.resolved = dataclasses.asdict(params)  # before an out-of-memory retry changes the batch
-        placed = placement.resolve(params)  # null device_maps -> the GPUs (unchanged on CPU)
-        self.llms = {s: load_frozen(s, c, params.prompt, params.cache_dir) for s, c in placed.models.items()}
-        self.placement = placement.describe(placed, self.llms)
+        self.llms, self.placement = load_models(params)
         self.receivers = {s: Receiver(llm) for s, llm in self.llms.items()}
-        self.kd, kd_keys, self.teacher_hash = {}, {}, {}
-        for s, llm in self.llms.items():
-            self.teacher_hash[s] = teacher_hash(params, s, llm.template)
-            key = cache_key(params, s, llm.template, root / "data/mix/train.jsonl", self.teacher_hash[s])
-            cache = load_cache(root / "data/kd" / f"{s}.safetensors", key)
-            self.kd[s] = ({i: n for n, i in enumerate(cache["ids"])}, cache)
-            kd_keys[s] = key
+        self.kd, keys, self.teacher_hash = load_teachers(params, self.llms, root)
         self.model = LatentWire(params, self.sc.M, self.llms, pick_dir=root / "models" / "pick")
         prev = PREVIOUS[stage]
         self.prev_meta = self.model.load(root / "models" / prev / "best") if prev else None
         pick_file = root / "models" / "pick" / "pick.safetensors"  # kind ids: the pick the ids come from
-        kd_keys["pick"] = sha256_of(pick_file) if pick_file.is_file() else None
-        self.key = run_key(params, stage, self.prev_meta, kd_keys)
-        tp = params.train
-        self.batches_per_epoch = math.ceil(len(self.train_rows) / tp.batch_size)
-        # the cosine schedule spans every optimiser step of every epoch of the stage
-        total = math.ceil(self.sc.epochs * self.batches_per_epoch / tp.grad_accum)
-        self.total_steps = min(total, tp.max_steps) if tp.max_steps is not None else total
-        opt = torch.optim.AdamW(self.model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
-        sched = get_cosine_schedule_with_warmup(
-            opt, math.ceil(tp.warmup_frac * self.total_steps), max(self.total_steps, 1))
+        keys["pick"] = sha256_of(pick_file) if pick_file.is_file() else None
+        self.key = run_key(params, stage, self.prev_meta, keys)
+        opt, sched, self.total_steps, self.batches_per_epoch = make_optimizer(
+            self.model, params.train, self.sc, len(self.train_rows))
         # self.net: the model as trained (DistributedDataParallel across ranks, else self.model)
         self.net, self.opt, self.sched = self.acc.prepare(self.model, opt, sched)
         self.step, self.K, self.best, self.curve, self.events = 0, self.sc.K, None, [], []
