@@ -38,7 +38,7 @@ def project(tmp_path_factory, shared_data):
     raw["models"] = {"llama": raw["models"]["llama"]}  # the real SmolLM2 only, to stay fast
     raw["encoder"].update(d_z=64, layers=2, heads=2, max_bytes=256)
     raw["kd"].update(k=8, K_max=3, batch_size=4)
-    raw["train"].update(batch_size=4, dev_examples=4, eval_every=1, save_every=1, max_steps=2, codec_steps=30)
+    raw["train"].update(batch_size=4, dev_examples=4, eval_every=1, save_every=1, max_steps=2)
     raw["evaluate"].update(max_new_tokens=4, batch_size=4)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     sh(root, "git", "init", "-q")

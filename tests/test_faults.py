@@ -128,7 +128,7 @@ def test_disk_full_keeps_previous_outputs(small_disk, shared_data, tmp_path):
     """prepare-mix on a full disk fails with a clear error and leaves the last good mix intact."""
     from latentwire import __main__ as cli
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"].update(root=str(shared_data), train_examples=8)
+    raw["data"].update(root=str(shared_data), train_examples=8, pick_pool=8)
     for ds in raw["data"]["datasets"].values():
         ds["max_eval"] = 2
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(raw))
