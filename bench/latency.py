@@ -70,10 +70,12 @@ def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int
     M = params.stage3.M
     sender = Sender.load(params, pick_dir, M)
     llms = {s: load_frozen(s, c, params.prompt, params.cache_dir) for s, c in params.models.items()}
-    lw = LatentWire(params, M, llms, pick_dir=pick_dir)
-    if Path(checkpoint, "meta.json").is_file():  # timing does not depend on the weights
-        lw.load(checkpoint)
-    lw.eval()
+    trained = Path(checkpoint, "meta.json").is_file()  # timing does not depend on the weights
+    lw = (LatentWire.from_checkpoint(params, checkpoint, M, pick_dir) if trained
+          else LatentWire(params, M, pick_dir=pick_dir, hidden={s: llm.model.config.hidden_size
+                                                                for s, llm in llms.items()}).eval())
+    for llm in llms.values():
+        lw.attach(llm)
     sender.send(rows[0]["question"], rows[0]["context"])  # warm-up
     send_ms, payloads = [], []
     for r in rows:

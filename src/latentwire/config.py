@@ -3,6 +3,9 @@
 Every section of params.yaml maps to one dataclass below. Loading rejects unknown
 keys and wrong types with a message that names the file and the dotted key, so a
 typo in `dvc exp run -S` fails loudly instead of being silently ignored.
+
+A little over 300 lines: one dataclass per params.yaml section, and the loader that builds
+them all; each default here equals params.yaml's (tests/test_config.py).
 """
 from __future__ import annotations
 
@@ -127,6 +130,7 @@ class EncoderConfig:
     max_bytes: int = 768             # bytes: longer contexts are cut (the count is in metrics)
     dropout: float = 0.0
     hint_buckets: int = 8            # bytes: answer-length hint classes, one byte in the header
+    adapter_rank: int = 64           # ids: rank of each TokenAdapter's learned correction
 
     def __post_init__(self):
         _choice("kind", self.kind, ("ids", "bytes"))
@@ -144,6 +148,8 @@ class PickConfig:
     span: int = 12                   # tokens per picked span (around its best-rated token)
     hidden: int = 64                 # the pick GRU's width
     epochs: int = 8                  # passes over the pool's tokens
+    lr: float = 3e-3                 # AdamW learning rate of the pick's fit
+    batch_size: int = 64             # contexts per step of the pick's fit
     max_tokens: int = 1024           # longer contexts are read up to this many sender tokens
 
     def __post_init__(self):
@@ -199,6 +205,7 @@ class EvaluateConfig:
     max_new_tokens: int = 12
     batch_size: int = 8
     max_examples: int | None = None  # per dataset, on top of data.*.max_eval (tests use it)
+    bootstrap: int = 2000            # paired bootstrap resamples for each CI
 
 
 @dataclass

@@ -118,7 +118,7 @@ def soft_cosine(flat: list[torch.Tensor]) -> float:
     return ((sim.sum() - sim.diagonal().sum()) / (k * (k - 1))).item()
 
 
-def add_cis(per_model: dict, predictions: list[dict], slot: str, variant: str, seed: int) -> None:
+def add_cis(per_model: dict, predictions: list[dict], slot: str, variant: str, seed: int, n_boot: int) -> None:
     """Paired bootstrap 95 % CIs of the latent's F1 minus each baseline's, per dataset (under
     <dataset>.ci) and pooled over datasets (under pooled)."""
     preds = [p for p in predictions if p["model"] == slot and f"f1_{variant}" in p]
@@ -131,8 +131,8 @@ def add_cis(per_model: dict, predictions: list[dict], slot: str, variant: str, s
             continue
         diffs = {ds: [p[f"f1_{variant}"] - p[f"f1_{base}"] for p in ps] for ds, ps in sorted(by_ds.items())}
         for ds, d in diffs.items():
-            per_model[ds].setdefault("ci", {})[base] = stats.paired_ci({ds: d}, seed)
-        pooled[base] = stats.paired_ci(diffs, seed)
+            per_model[ds].setdefault("ci", {})[base] = stats.paired_ci({ds: d}, seed, n_boot)
+        pooled[base] = stats.paired_ci(diffs, seed, n_boot)
     per_model["pooled"] = {"n": len(preds), f"{variant}_f1": float(np.mean([p[f"f1_{variant}"] for p in preds])),
                            "ci": pooled}
 
@@ -238,9 +238,8 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
          predictions_path: str = "data/eval/predictions.jsonl", part: str = "all",
          baselines_path: str = "data/eval/text_baselines.json", checkpoint: str = "models/stage3/best",
          frontier_path: str | None = None, pick_dir: str = "models/pick") -> dict:
-    """part=text: the baselines only (-> baselines_path); part=latent: add the latent to them.
-
-    The latent part also writes frontier_path (default: frontier.csv beside metrics_path)."""
+    """part=text: the baselines only (-> baselines_path); part=latent: add the latent to them
+    (and write frontier_path, default frontier.csv beside metrics_path)."""
     params = load_params(params_path)
     torch.manual_seed(params.seed)
     rows = load_rows(eval_path, params.evaluate.max_examples)
@@ -281,7 +280,7 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
                 metrics[slot][ds].update(res)
                 # here, not in the text part: data/eval/text_baselines.json stays as it was
                 metrics[slot][ds]["m_token"]["bytes"] = m_token_bytes(llm, [r for r in rows if r["dataset"] == ds], M)
-            add_cis(metrics[slot], predictions, slot, f"latent_{name}", params.seed)
+            add_cis(metrics[slot], predictions, slot, f"latent_{name}", params.seed, params.evaluate.bootstrap)
         metrics["wall_s"][f"{part}/{slot}"] = round(time.time() - t0, 1)
         save_unit(unit, slot, part, metrics, predictions)
         print(f"evaluate ({part}): {slot} done in {time.time() - t0:.0f}s")

@@ -14,13 +14,16 @@ look-up, never a forward pass) and about forty cheap features, computed once per
   - the lead:       relative position, inside the first 32 tokens (NQ passages open with the answer).
 It is trained (`fit`) on the gold answer's tokens of thousands of train-split examples.
 (bench/results/pick_ablation.md: the features alone in an MLP give a held-out recall at M=32 of
-0.72 SQuAD / 0.69 NQ; adding the embeddings and the GRU, 0.76 / 0.81.)
+0.72 SQuAD / 0.69 NQ; adding the embeddings and the GRU, 0.78 / 0.84.)
 
 `pick` then fills the budget of M positions with spans, best first: each span is the window of
 `span` tokens (inside one sentence) around the highest-rated token not yet covered; spans that
 touch merge; non-adjacent spans are joined by one separator token (" ..."), which takes a
 position. The spans come back in text order. `pick_recall` is the share of questions whose
 gold answer lies wholly inside one picked span.
+
+Why one file of ~340 lines: reading (features), rating (the model and its fit), picking (spans)
+and judging (pick_recall and the reference selections) all work on one `Read` of a context.
 """
 from __future__ import annotations
 

@@ -171,7 +171,7 @@ def main(params_path: str = "params.yaml", pool_path: str = "data/mix/pool.jsonl
     model = pick.PickModel(pp.hidden, E.shape[1])
     model.set_embeddings(E)
     loss = pick.fit(model, [r for r, h in zip(reads, held) if not h], [y for y, h in zip(labels, held) if not h],
-                    pp.epochs, seed=params.seed)
+                    pp.epochs, pp.batch_size, pp.lr, seed=params.seed)
     model.eval()
     sender = Sender(tokenizer, model, params.stage3.M, pp.span, pp.max_tokens)
     dev = [r for r, h in zip(rows, held) if h]
