@@ -13,24 +13,9 @@ from latentwire import baselines, evaluate, kd, pick, sender, train
 from latentwire.config import load_params
 from latentwire.latent import Receiver
 from latentwire.llm import load_frozen
+from tiny import qa_rows as rows  # answer in the third sentence of each context
 
 REPO = Path(__file__).resolve().parents[1]
-FACTS = [("Paris", "France", "Seine"), ("Rome", "Italy", "Tiber"), ("London", "England", "Thames"),
-         ("Berlin", "Germany", "Spree"), ("Lyon", "France", "Rhone")]
-
-
-def rows(n: int, dataset: str, offset: int = 0):
-    out = []
-    for i in range(offset, offset + n):
-        city, country, river = FACTS[i % len(FACTS)]
-        out.append({"id": f"{dataset}-{i}", "dataset": dataset, "title": f"t{i}",
-                    "question": f"Which river flows through {city}?",
-                    "context": (f"{city} is a large city of {country}. It has many bridges and parks. "
-                                f"The river {river} flows through {city}. Number {i} is here."),
-                    "answers": [river]})
-    return out
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("ids")
