@@ -1,6 +1,6 @@
 """The whole trip, sender + wire + receiver, against sending the text: time to first token.
 
-    python bench/latency.py [--params params.yaml] [--n 50] [--threads 2] [--out bench/results/latency.json]
+    python bench/latency.py [--params params.yaml] [--n 56] [--threads 2] [--dense] [--out bench/results/latency.json]
 
 encoder.kind ids. Per receiver and batch size (1 and 8), over the first n eval prompts:
   text     the receiver prefills "Context: <context>\\nQuestion: <q>" + suffix and emits one token;
@@ -14,7 +14,9 @@ Break-even: how many receivers must read one payload before the sender's cost is
 their prefill savings; amortised: the trip for both receivers from one payload against both
 reading the text. Beside each ratio, the receiver's token-compression ratio (text rest tokens
 / latent rest positions), the physical limit of the prefill saving. Writes --out (JSON) and
-a Markdown table beside it. Timing belongs here, not in unit tests: say which machine.
+a Markdown table beside it. The receivers run as `evaluate` runs them: with evaluate.prepack
+(the default) their linear weights are reordered once at load (packed.py); --dense times the
+plain nn.Linear model instead. Timing belongs here, not in unit tests: say which machine.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from latentwire.config import load_params
 from latentwire.evaluate import load_rows
 from latentwire.latent import LatentWire, Receiver
 from latentwire.llm import load_frozen
+from latentwire.packed import pack
 from latentwire.sender import Sender
 
 
@@ -60,7 +63,7 @@ def stats(xs: list[float]) -> dict:
 
 @torch.inference_mode()
 def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int, threads: int,
-        batches=(1, 8)) -> dict:
+        batches=(1, 8), dense: bool = False) -> dict:
     torch.set_num_threads(threads)
     params = load_params(params_path)
     if params.encoder.kind != "ids":
@@ -70,6 +73,7 @@ def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int
     M = params.stage3.M
     sender = Sender.load(params, pick_dir, M)
     llms = {s: load_frozen(s, c, params.prompt, params.cache_dir) for s, c in params.models.items()}
+    packed = {s: pack(llm.model) if params.evaluate.prepack and not dense else 0 for s, llm in llms.items()}
     trained = Path(checkpoint, "meta.json").is_file()  # timing does not depend on the weights
     lw = (LatentWire.from_checkpoint(params, checkpoint, M, pick_dir) if trained
           else LatentWire(params, M, pick_dir=pick_dir, hidden={s: llm.model.config.hidden_size
@@ -84,7 +88,7 @@ def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int
         payloads.append(data)
     out = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": threads,
            "device": "cpu" if not torch.cuda.is_available() else "cuda", "M": M, "n": len(rows),
-           "sender_ms_per_prompt": stats(send_ms), "payload_bytes_mean": statistics.mean(map(len, payloads)),
+           "packed_linears": packed, "sender_ms_per_prompt": stats(send_ms), "payload_bytes_mean": statistics.mean(map(len, payloads)),
            "models": {}}
     for slot, llm in llms.items():
         rec = Receiver(llm)
@@ -134,7 +138,8 @@ def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int
 
 
 def markdown(r: dict) -> str:
-    lines = [f"Machine: {r['machine']}, {r['threads']} threads, {r['device']}; M = {r['M']}, n = {r['n']} prompts; "
+    kernel = "packed linear weights" if any(r["packed_linears"].values()) else "dense nn.Linear"
+    lines = [f"Machine: {r['machine']}, {r['threads']} threads, {r['device']}, {kernel}; M = {r['M']}, n = {r['n']} prompts; "
              f"payload {r['payload_bytes_mean']:.1f} B; sender {r['sender_ms_per_prompt']['median']} ms a prompt "
              "(median). Times in ms per batch, median (p90).", "",
              "| receiver | batch | text TTFT | sender | unpack + adapter | latent prefill | whole trip | trip / text | "
@@ -162,9 +167,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--pick", default="models/pick")
     ap.add_argument("--n", type=int, default=56, help="eval prompts (default 56: 7 batches of 8)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dense", action="store_true", help="time the dense nn.Linear receivers (no evaluate.prepack)")
     ap.add_argument("--out", default="bench/results/latency.json")
     a = ap.parse_args(argv)
-    r = run(a.params, a.eval, a.checkpoint, a.pick, a.n, a.threads)
+    r = run(a.params, a.eval, a.checkpoint, a.pick, a.n, a.threads, dense=a.dense)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=2) + "\n")

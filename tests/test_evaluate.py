@@ -4,7 +4,7 @@ import json
 import pytest
 
 import tiny  # noqa: F401  (sets HF_HUB_OFFLINE before transformers is imported)
-from latentwire import baselines, evaluate
+from latentwire import baselines, evaluate, packed
 from latentwire.baselines import clean, cut_tokens, evaluate_model, generate_text, score, text_variants
 from latentwire.config import ModelConfig, PromptConfig
 from latentwire.llm import load_frozen
@@ -226,3 +226,29 @@ evaluate: {{max_new_tokens: 3, batch_size: 2, max_examples: 1}}
         assert metrics[slot]["embedding"]["mean_norm"] > 0
     assert sorted((p["model"], p["id"]) for p in saved["predictions"]) == [
         ("llama", "n1"), ("llama", "s1"), ("qwen", "n1"), ("qwen", "s1")]
+
+
+def test_text_baselines_packed_and_dense_answer_alike(tiny_models, tmp_path, monkeypatch):
+    """evaluate.prepack swaps the kernel, not the answers: every prediction as with dense nn.Linear."""
+    swapped = []
+    monkeypatch.setattr(evaluate, "pack", lambda model: swapped.append(packed.pack(model)))
+    eval_path = tmp_path / "eval.jsonl"
+    eval_path.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    predictions = {}
+    for prepack in (True, False):
+        params = tmp_path / f"params-{prepack}.yaml"
+        params.write_text(f"""
+models:
+  llama: {{source: local, path: "{tiny_models['llama']}"}}
+  qwen: {{source: local, path: "{tiny_models['qwen']}"}}
+encoder: {{kind: bytes, d_z: 32, layers: 1, heads: 2, max_bytes: 64}}
+stage3: {{M: 4}}
+evaluate: {{max_new_tokens: 4, batch_size: 2, prepack: {str(prepack).lower()}}}
+""", encoding="utf-8")
+        out = tmp_path / str(prepack)
+        evaluate.main(str(params), str(eval_path), str(out / "m.json"), str(out / "p.jsonl"), part="text",
+                      baselines_path=str(out / "text_baselines.json"))
+        predictions[prepack] = json.loads((out / "text_baselines.json").read_text(encoding="utf-8"))["predictions"]
+    assert swapped == [15, 15]  # both models, every linear; none with prepack false
+    assert len(predictions[True]) == 2 * len(ROWS)
+    assert predictions[True] == predictions[False]

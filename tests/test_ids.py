@@ -177,6 +177,7 @@ def test_latency_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
                       "--n", "4", "--threads", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(r)) and out.with_suffix(".md").is_file()
     assert r["n"] == 4 and r["threads"] == 1 and r["payload_bytes_mean"] <= 2 * 8 + 7
+    assert r["packed_linears"] == {"llama": 15, "qwen": 15}  # timed as evaluate runs them (evaluate.prepack)
     for slot in ("llama", "qwen"):
         assert set(r["models"][slot]) == {"batch1"}  # 4 prompts: no batch of 8
         for b in ("batch1",):

@@ -206,6 +206,7 @@ class EvaluateConfig:
     batch_size: int = 8
     max_examples: int | None = None  # per dataset, on top of data.*.max_eval (tests use it)
     bootstrap: int = 2000            # paired bootstrap resamples for each CI
+    prepack: bool = True             # CPU: linear weights reordered once at load (packed.py)
 
 
 @dataclass

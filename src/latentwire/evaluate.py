@@ -42,6 +42,7 @@ from .io import package_sha256, peak_rss_mb, read_jsonl, remove_temp_files, writ
 from .latent import LatentWire, Receiver
 from .llm import FrozenLLM, load_frozen
 from .metrics import best_f1
+from .packed import pack
 from .signals import stop_requests
 
 PRECISIONS = {"fp16": 16, "int8": 8, "int4": 4}
@@ -270,6 +271,8 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
         if load_unit(unit, slot, metrics, predictions):
             continue
         llm = load_frozen(slot, cfg, params.prompt, params.cache_dir)
+        if params.evaluate.prepack:
+            pack(llm.model)  # CPU: reorder the linear weights once (no-op on GPU)
         if part in ("text", "all"):
             metrics[slot] = evaluate_model(llm, rows, M, B, params.evaluate.max_new_tokens,
                                            params.evaluate.batch_size, predictions, selected)
