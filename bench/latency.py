@@ -1,6 +1,7 @@
 """The whole trip, sender + wire + receiver, against sending the text: time to first token.
 
     python bench/latency.py [--params params.yaml] [--n 56] [--threads 2] [--dense] [--out bench/results/latency.json]
+                            [--long hotpotqa_distractor --n-long 16]
 
 encoder.kind ids. Per receiver and batch size (1 and 8), over the first n eval prompts:
   text     the receiver prefills "Context: <context>\\nQuestion: <q>" + suffix and emits one token;
@@ -16,7 +17,9 @@ reading the text. Beside each ratio, the receiver's token-compression ratio (tex
 / latent rest positions), the physical limit of the prefill saving. Writes --out (JSON) and
 a Markdown table beside it. The receivers run as `evaluate` runs them: with evaluate.prepack
 (the default) their linear weights are reordered once at load (packed.py); --dense times the
-plain nn.Linear model instead. Timing belongs here, not in unit tests: say which machine.
+plain nn.Linear model instead. --long DATASET also times the first --n-long eval prompts of that
+dataset alone at batch 1 and its own M (data.datasets.<name>.M): the long-context regime, under
+"long" in the JSON. Timing belongs here, not in unit tests: say which machine.
 """
 from __future__ import annotations
 
@@ -63,13 +66,12 @@ def stats(xs: list[float]) -> dict:
 
 @torch.inference_mode()
 def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int, threads: int,
-        batches=(1, 8), dense: bool = False) -> dict:
+        batches=(1, 8), dense: bool = False, long: str | None = None, n_long: int = 16) -> dict:
     torch.set_num_threads(threads)
     params = load_params(params_path)
     if params.encoder.kind != "ids":
         raise SystemExit(f"bench/latency.py times encoder.kind ids, not {params.encoder.kind!r}")
-    rows = load_rows(eval_path, None)[:n]
-    batches = [b for b in batches if b <= len(rows)]
+    all_rows = load_rows(eval_path, None)
     M = params.stage3.M
     sender = Sender.load(params, pick_dir, M)
     llms = {s: load_frozen(s, c, params.prompt, params.cache_dir) for s, c in params.models.items()}
@@ -80,16 +82,31 @@ def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int
                                                                 for s, llm in llms.items()}).eval())
     for llm in llms.values():
         lw.attach(llm)
+    rows = [r for r in all_rows if not long or r["dataset"] != long][:n]
+    out = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": threads,
+           "device": "cpu" if not torch.cuda.is_available() else "cuda", "M": M, "n": len(rows),
+           "packed_linears": packed, **trip(sender, lw, llms, rows, M, [b for b in batches if b <= len(rows)])}
+    if long:
+        long_rows = [r for r in all_rows if r["dataset"] == long][:n_long]
+        if not long_rows:
+            raise SystemExit(f"--long {long}: no such dataset in {eval_path}")
+        M_long = lw.codec.M_for(long_rows[0])
+        out["long"] = {long: {"M": M_long, "n": len(long_rows), **trip(sender, lw, llms, long_rows, M_long, [1])}}
+    return out
+
+
+def trip(sender: Sender, lw: LatentWire, llms: dict, rows: list[dict], M: int, batches) -> dict:
+    """Sender, unpack + adapter and prefill against the text's prefill, per receiver and batch size."""
+    sender.M = M
     sender.send(rows[0]["question"], rows[0]["context"])  # warm-up
     send_ms, payloads = [], []
     for r in rows:
         t, data = ms(lambda: sender.send(r["question"], r["context"]))
         send_ms.append(t)
         payloads.append(data)
-    out = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": threads,
-           "device": "cpu" if not torch.cuda.is_available() else "cuda", "M": M, "n": len(rows),
-           "packed_linears": packed, "sender_ms_per_prompt": stats(send_ms), "payload_bytes_mean": statistics.mean(map(len, payloads)),
+    out = {"sender_ms_per_prompt": stats(send_ms), "payload_bytes_mean": statistics.mean(map(len, payloads)),
            "models": {}}
+    limits = sender.limits(M)
     for slot, llm in llms.items():
         rec = Receiver(llm)
         text_rest = [rec.embed(rec.ids(llm.template.body(r["context"], r["question"]) + llm.template.suffix))
@@ -102,14 +119,14 @@ def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int
                 if i == 0:  # warm-up both paths
                     first_token(rec, [text_rest[k] for k in batch])
                 t_text.append(ms(lambda: first_token(rec, [text_rest[k] for k in batch]))[0])
-                t, rests = ms(lambda: [rec.rest(lw.codec.soft(slot, payload.unpack(payloads[k], sender.codebook)),
+                t, rests = ms(lambda: [rec.rest(lw.codec.soft(slot, payload.unpack(payloads[k], sender.codebook, limits)),
                                                 rows[k]["question"]) for k in batch])
                 t_unpack.append(t)
                 if i == 0:
                     first_token(rec, rests)
                 t_pre.append(ms(lambda: first_token(rec, rests))[0])
             send_b = [sum(send_ms[i:i + B]) for i in range(0, len(rows) - B + 1, B)]
-            trip = [s + u + p for s, u, p in zip(send_b, t_unpack, t_pre)]
+            trips = [s + u + p for s, u, p in zip(send_b, t_unpack, t_pre)]
             text_tokens = statistics.mean(len(x) for x in text_rest)
             lat_tokens = statistics.mean(len(rec.context_ids) + len(payload.unpack(p, sender.codebook).ids)
                                          + len(rec.ids("\nQuestion: " + r["question"] + llm.template.suffix))
@@ -119,8 +136,8 @@ def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int
             res[f"batch{B}"] = {
                 "text_ttft_ms": stats(t_text), "latent_sender_ms": stats(send_b),
                 "latent_unpack_adapter_ms": stats(t_unpack), "latent_prefill_ms": stats(t_pre),
-                "latent_trip_ms": stats(trip),
-                "trip_over_text": round(statistics.median(trip) / tm, 3),
+                "latent_trip_ms": stats(trips),
+                "trip_over_text": round(statistics.median(trips) / tm, 3),
                 "prefill_speedup": round(tm / pm, 2),
                 "token_compression": round(text_tokens / lat_tokens, 2),
                 "speedup_over_compression": round((tm / pm) / (text_tokens / lat_tokens), 2),
@@ -137,11 +154,11 @@ def run(params_path: str, eval_path: str, checkpoint: str, pick_dir: str, n: int
     return out
 
 
-def markdown(r: dict) -> str:
-    kernel = "packed linear weights" if any(r["packed_linears"].values()) else "dense nn.Linear"
-    lines = [f"Machine: {r['machine']}, {r['threads']} threads, {r['device']}, {kernel}; M = {r['M']}, n = {r['n']} prompts; "
-             f"payload {r['payload_bytes_mean']:.1f} B; sender {r['sender_ms_per_prompt']['median']} ms a prompt "
-             "(median). Times in ms per batch, median (p90).", "",
+def markdown(r: dict, head: str = "") -> str:
+    kernel = "packed linear weights" if any(r.get("packed_linears", {}).values()) else "dense nn.Linear"
+    lines = [f"{head}Machine: {r.get('machine')}, {r.get('threads')} threads, {r.get('device')}, {kernel}; M = {r['M']}, "
+             f"n = {r['n']} prompts; payload {r['payload_bytes_mean']:.1f} B; sender {r['sender_ms_per_prompt']['median']} ms "
+             "a prompt (median). Times in ms per batch, median (p90).", "",
              "| receiver | batch | text TTFT | sender | unpack + adapter | latent prefill | whole trip | trip / text | "
              "prefill speed-up | token compression | break-even receivers |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -156,6 +173,9 @@ def markdown(r: dict) -> str:
         if k.startswith("all_receivers_"):
             lines.append(f"\nOne payload for every receiver ({k.removeprefix('all_receivers_')}): trip "
                          f"{v['trip_ms']} ms against {v['text_ms']} ms of text, {v['trip_over_text']:.2f}.")
+    for name, sub in r.get("long", {}).items():
+        lines.append("\n" + markdown({**{k: r.get(k) for k in ("machine", "threads", "device", "packed_linears")}, **sub},
+                                     f"**{name}** (the long regime, its own M). "))
     return "\n".join(lines) + "\n"
 
 
@@ -169,8 +189,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dense", action="store_true", help="time the dense nn.Linear receivers (no evaluate.prepack)")
     ap.add_argument("--out", default="bench/results/latency.json")
+    ap.add_argument("--long", default="hotpotqa_distractor",
+                    help="also time this eval dataset alone, at batch 1 and its own M ('' : none)")
+    ap.add_argument("--n-long", type=int, default=16, help="prompts of --long (default 16)")
     a = ap.parse_args(argv)
-    r = run(a.params, a.eval, a.checkpoint, a.pick, a.n, a.threads, dense=a.dense)
+    r = run(a.params, a.eval, a.checkpoint, a.pick, a.n, a.threads, dense=a.dense, long=a.long or None,
+            n_long=a.n_long)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=2) + "\n")

@@ -32,7 +32,8 @@ def fake_metrics(seed: int = 0, models=("llama", "qwen"), datasets=("nq", "squad
                                    "text_over_wire": pb / w["per_model"],
                                    "text_over_wire_total": pb / w["total"]} for name, w in wire.items()}
             res["tokens_over_M"] = pt / M
-            res["z_pairwise_cosine"] = rng.uniform(-0.2, 0.95)
+            res["soft_pairwise_cosine"] = rng.uniform(-0.2, 0.95)
+            res["positions"] = {"text_over_latent": rng.uniform(2, 40)}
             res["encoder_bytes_cut"] = 0
             metrics[slot][ds] = res
     return metrics

@@ -46,8 +46,11 @@ def test_repo_params_load():
     assert isinstance(p, Params)
     assert (p.seed, p.stage3.M, p.wire.bits, p.wire.d_wire, p.wire.shared_fraction) == (0, 32, 4, 16, 1.0)
     assert (p.encoder.kind, p.encoder.feature_model) == ("ids", "llama")
-    assert set(p.data.datasets) == {"squad", "hotpotqa", "nq"}
+    assert set(p.data.datasets) == {"squad", "hotpotqa", "hotpotqa_distractor", "nq"}
     assert p.data.datasets["hotpotqa"].hub_config == "distractor"
+    assert p.data.datasets["hotpotqa"].train_path.endswith("hotpot_distractor_multisource_2k.json.gz")
+    long = p.data.datasets["hotpotqa_distractor"]
+    assert (long.distractors, long.weight) == (8, 0.0) and long.M > p.stage3.M
     assert p.data.datasets["squad"].hub_config is None
     assert set(p.models) == {"llama", "qwen"}
     qwen = p.models["qwen"]
@@ -126,6 +129,12 @@ def test_value_ranges(tmp_path):
     assert "params.stage3" in error(edited(tmp_path, {"stage3.M": 0}))
 
 
+def test_M_must_fit_the_payload_header(tmp_path):
+    msg = error(edited(tmp_path, {"stage1.M": 256}))
+    assert "params.stage1" in msg and "M = 256" in msg and "at most 255" in msg
+    assert load_params(edited(tmp_path, {"stage1.M": 255})).stage1.M == 255
+
+
 def test_missing_file(tmp_path):
     msg = error(tmp_path / "nope.yaml")
     assert "cannot read params" in msg
@@ -187,3 +196,8 @@ def test_params_yaml_is_the_one_source_of_defaults():
 
     walk(C.Params, raw, "")
     assert not diffs, diffs
+
+
+def test_a_dataset_M_needs_the_ids_sender(tmp_path):
+    path = edited(tmp_path, {"encoder.kind": "bytes", "wire.shared_fraction": 1.0})
+    assert "a dataset's own M needs encoder.kind ids" in error(path)

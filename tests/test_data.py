@@ -1,5 +1,6 @@
 """Readers, validation, context cut, split, mix and the prepare-mix stage."""
 import gzip
+import inspect
 import json
 import tempfile
 from collections import Counter
@@ -16,6 +17,7 @@ from latentwire.data import DataError, Example
 
 SQUAD = "squad/dev-v1.1.43-articles.json"
 HOTPOT = "hotpotqa/camera_ready_nd8_dev_sample100.json"
+HOTPOT_TRAIN = "hotpotqa/hotpot_distractor_multisource_2k.json.gz"
 NQ = "natural_questions/nq-open-oracle.jsonl.gz"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,7 +150,7 @@ def test_hotpot_hub(monkeypatch):
     make_hub(monkeypatch, [hotpot_hub("h1"), hotpot_hub("h2")])
     cfg = DatasetConfig(source="hub", hub_id="hotpotqa/hotpot_qa", hub_config="distractor", distractors=2)
     exs, stats = data.load("hotpotqa", cfg, Path("/nonexistent"), 1200)
-    assert [ex.id for ex in exs] == ["h1", "h2"] and all(ex.context.count("\n") == 3 for ex in exs)
+    assert [ex.id for ex in exs] == ["h1/d2", "h2/d2"] and all(ex.context.count("\n") == 3 for ex in exs)
     assert exs[0].title == "Paris | Seine" and stats["source"] == "hub:hotpotqa/hotpot_qa/distractor[validation]"
 
 
@@ -165,31 +167,86 @@ def test_nq_hub_needs_context(monkeypatch):
 
 # ----------------------------------------------------------------------------- cut, split, mix
 
-def test_cut_context_keeps_answer(shared_data):
-    exs, _ = data.read_file(shared_data / SQUAD)
-    long = [ex for ex in exs if len(ex.context) > 300][:500]
-    starts = set()
-    for ex in long:
-        cut = data.cut_context(ex, 300)
-        assert len(cut.context) <= 300 and cut.context in ex.context and cut.id == ex.id
-        first = next((a for a in ex.answers if a in ex.context), None)
-        if first is not None:
-            assert first in cut.context
-        starts.add(ex.context.index(cut.context) > 0)
-        assert data.cut_context(ex, 300) == cut  # deterministic
-    assert starts == {True, False}  # the answer is not always at the same place
-    short = Example("x", "d", "t", "q?", "short", ["short"])
-    assert data.cut_context(short, 300) is short
-    no_ans = Example("y", "d", "t", "q?", "a" * 500, ["zzz"])
-    assert data.cut_context(no_ans, 100).context == "a" * 100
+def test_cut_context_is_answer_blind_whole_paragraphs_first():
+    paras = ["Alpha: " + "a" * 50 + ".", "Beta: " + "b" * 50 + ".", "Gamma: " + "c" * 50 + "."]
+    text = "\n".join(paras)
+    assert data.cut_context(text, len(text)) is text
+    assert data.cut_context(text, 130) == "\n".join(paras[:2])  # whole paragraphs from the start
+    one = "First sentence here. Second one is longer than that. Third."
+    assert data.cut_context(one, 40) == "First sentence here."  # the last sentence end that fits
+    assert data.cut_context("word " * 30, 64) == ("word " * 13).strip()  # no sentence end: a word
+    # the signature takes text alone, and the result never depends on where an answer is
+    assert list(inspect.signature(data.cut_context).parameters) == ["context", "max_chars"]
 
 
-def test_load_counts_cuts(shared_data):
+def test_load_caps_answer_blind_and_counts_answers_left(shared_data):
     cfg = DatasetConfig(path=SQUAD)
     exs, stats = data.load("squad", cfg, shared_data, 1200)
-    assert stats["context_cut"] == sum(len(ex.context) == 1200 for ex in exs) > 0
+    raw, _ = data.read_file(shared_data / SQUAD)
+    assert stats["context_cut"] == sum(len(ex.context) < len(r.context) for ex, r in zip(exs, raw)) > 0
     assert max(len(ex.context) for ex in exs) <= 1200
-    assert stats["answer_in_context"] == len(exs) == 9849
+    assert all(r.context.startswith(ex.context) for ex, r in zip(exs, raw))  # a prefix: no window
+    in_ctx = sum(any(a in ex.context for a in ex.answers) for ex in exs)
+    assert stats["answer_in_context"] == in_ctx < len(exs) == 9849  # some answers were cut away
+
+
+def test_answers_never_change_the_context(shared_data, tmp_path):
+    """Inputs are built without the answer: the same file with other answer strings loads to
+    byte-identical contexts (cap included)."""
+    obj = json.loads((shared_data / SQUAD).read_text(encoding="utf-8"))
+    for art in obj["data"]:
+        for par in art["paragraphs"]:
+            for q in par["qas"]:
+                for a in q["answers"]:
+                    a["text"] = "zz " + a["text"][::-1]
+    other = write(tmp_path / "other.json", obj)
+    a, _ = data.load("squad", DatasetConfig(path=SQUAD), shared_data, 300)
+    b, _ = data.load("squad", DatasetConfig(path=str(other)), tmp_path, 300)
+    assert [ex.context for ex in a] == [ex.context for ex in b]
+    assert [ex.answers for ex in a] != [ex.answers for ex in b]
+
+
+def test_hotpot_support_spans_are_the_supporting_sentences(shared_data):
+    exs, _ = data.read_file(shared_data / HOTPOT_TRAIN, name="hotpotqa", distractors=8)
+    assert len(exs) == 2769 and all(ex.support for ex in exs)
+    raw = json.loads(gzip.decompress((shared_data / HOTPOT_TRAIN).read_bytes()))
+    for ex, r in list(zip(exs, raw))[:200]:
+        paras = dict((t, s) for t, s in r["context"])
+        want = sorted(paras[t][k].strip() for t, k in r["supporting_facts"] if paras[t][k].strip())
+        assert sorted(ex.context[a:b] for a, b in ex.support) == want
+        assert ex.id == r["_id"] + "/d8" and ex.context.count("\n") == len(r["context"]) - 1
+    sample, _ = data.read_file(shared_data / HOTPOT, name="hotpotqa")
+    assert sample[0].context[slice(*sample[0].support[0])].startswith("Hot Pixel is a puzzle video game")
+
+
+def test_hotpot_train_source_groups_titles_and_keeps_eval_apart(shared_data):
+    cfg = DatasetConfig(path=HOTPOT, train_path=HOTPOT_TRAIN)
+    evals, _ = data.load("hotpotqa", cfg, shared_data, 2000)
+    train, stats = data.load("hotpotqa", cfg, shared_data, 2000, train=True, avoid_titles=data.gold_titles(evals))
+    assert len(train) == 2769 and stats["source"] == HOTPOT_TRAIN
+    # overlapping gold titles share one split title, so a split by title never separates them
+    by_gold: dict = {}
+    for ex, r in zip(train, json.loads(gzip.decompress((shared_data / HOTPOT_TRAIN).read_bytes()))):
+        for t, _ in r["supporting_facts"]:
+            by_gold.setdefault(t, set()).add(ex.title)
+    assert all(len(titles) == 1 for titles in by_gold.values())
+    tr, ev = data.split_by_title(train, 0.2)
+    assert not {t for ex in tr for t in [ex.title]} & {ex.title for ex in ev}
+    # a train record naming an eval gold title is dropped
+    poisoned, stats = data.load("hotpotqa", cfg, shared_data, 2000, train=True,
+                                avoid_titles=frozenset([train[0].title]))
+    assert stats["skipped"]["gold_title_in_eval"] >= 1 and len(poisoned) < len(train)
+
+
+def test_pick_pool_leaves_out_the_curriculum_dev_rows(shared_data):
+    cfg = DataConfig(train_examples=40, pick_pool=300, datasets={"squad": DatasetConfig(path=SQUAD)})
+    loaded = {"squad": (data.load("squad", cfg.datasets["squad"], shared_data, 1200)[0], None)}
+    train, _, _ = data.make_mix(cfg, loaded, seed=0)
+    dev = data.split_dev([ex.to_dict() for ex in train], 8, 0)[1]
+    dev_ids = frozenset(r["id"] for r in dev)
+    assert dev_ids <= {ex.id for ex in data.pick_pool(cfg, loaded, 0)}  # a prefix of the same shuffle
+    pool = data.pick_pool(cfg, loaded, 0, exclude=dev_ids)
+    assert len(pool) == 300 and not dev_ids & {ex.id for ex in pool}
 
 
 def test_split_by_title(shared_data):
@@ -216,7 +273,7 @@ def test_make_mix(shared_data):
     cfg = DataConfig(train_examples=50, datasets={
         "squad": DatasetConfig(path=SQUAD, max_eval=20), "hotpotqa": DatasetConfig(path=HOTPOT, max_eval=100),
         "nq": DatasetConfig(path=NQ, weight=3.0, max_eval=10)})
-    loaded = {n: data.load(n, c, shared_data, 1200)[0] for n, c in cfg.datasets.items()}
+    loaded = {n: (data.load(n, c, shared_data, 1200)[0], None) for n, c in cfg.datasets.items()}
     train, evals, info = data.make_mix(cfg, loaded, seed=0)
     d = info["datasets"]
     assert d["hotpotqa"] == {"total": 100, "eval_only": True, "train": 0, "eval": 100, "train_shortfall": 0}
@@ -224,7 +281,7 @@ def test_make_mix(shared_data):
     assert (d["squad"]["train"], d["nq"]["train"], d["squad"]["eval"], d["nq"]["eval"]) == (12, 38, 20, 10)
     assert not {(ex.dataset, ex.title) for ex in train} & {(ex.dataset, ex.title) for ex in evals}
     assert len({ex.id for ex in train + evals}) == len(train) + len(evals)
-    again = data.make_mix(cfg, {n: list(reversed(v)) for n, v in loaded.items()}, seed=0)
+    again = data.make_mix(cfg, {n: (list(reversed(v)), None) for n, (v, _) in loaded.items()}, seed=0)
     assert [ex.id for ex in again[0]] == [ex.id for ex in train] and [ex.id for ex in again[1]] == [ex.id for ex in evals]
     assert [ex.id for ex in data.make_mix(cfg, loaded, seed=1)[0]] != [ex.id for ex in train]
     capped = data.make_mix(cfg, loaded, seed=0, max_examples=3)[2]["datasets"]
@@ -351,13 +408,21 @@ def test_prepare_main(tmp_path, shared_data, monkeypatch):
     assert json.loads(metrics_path.read_text()) == m
     train = [Example.from_dict(json.loads(line)) for line in (out / "train.jsonl").read_text().splitlines()]
     evals = [Example.from_dict(json.loads(line)) for line in (out / "eval.jsonl").read_text().splitlines()]
-    assert Counter(ex.dataset for ex in train) == {"squad": 5, "nq": 5}
-    assert Counter(ex.dataset for ex in evals) == {"squad": 4, "hotpotqa": 4, "nq": 4}
-    assert (m["squad"]["total"], m["hotpotqa"]["total"], m["nq"]["total"]) == (9849, 100, 2655)
-    assert m["hotpotqa"]["eval_only"] is True and m["squad"]["eval_only"] is False
+    assert Counter(ex.dataset for ex in train) == {"squad": 3, "hotpotqa": 4, "nq": 3}
+    assert Counter(ex.dataset for ex in evals) == {"squad": 4, "hotpotqa": 4, "hotpotqa_distractor": 4, "nq": 4}
+    assert (m["squad"]["total"], m["hotpotqa"]["total"], m["nq"]["total"]) == (9849, 100 + 2769, 2655)
+    assert m["hotpotqa_distractor"]["eval_only"] is True and m["hotpotqa"]["eval_only"] is False
     assert m["squad"]["skipped"] == {} and m["squad"]["context_cut"] > 0 and m["squad"]["source"] == SQUAD
-    assert any("HotpotQA" in n and "offline" in n for n in m["notes"])
-    assert max(len(ex.context) for ex in train + evals) <= 1200
+    assert m["hotpotqa"]["train_source"]["source"] == HOTPOT_TRAIN
+    # the HotpotQA eval questions are the sample's; its train records never share a gold title with them
+    sample = {ex.id for ex in data.read_file(shared_data / HOTPOT)[0]}
+    assert {ex.id for ex in evals if ex.dataset == "hotpotqa"} <= sample
+    assert not {ex.id for ex in train} & sample
+    assert {ex.id.removesuffix("/d8") for ex in evals if ex.dataset == "hotpotqa_distractor"} <= sample
+    pool = [json.loads(line) for line in (out / "pool.jsonl").read_text().splitlines()]
+    assert {r["dataset"] for r in pool} == {"squad", "hotpotqa", "nq"}
+    assert all(r["support"] for r in pool if r["dataset"] == "hotpotqa")
+    assert max(len(ex.context) for ex in train + evals if ex.dataset in ("squad", "nq")) <= 2000
     assert not list(out.glob(".*.tmp")) and not list(metrics_path.parent.glob(".*.tmp"))
 
 

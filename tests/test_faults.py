@@ -153,7 +153,7 @@ def test_same_seed_same_bytes(tmp_path, tiny_models, monkeypatch):
     def run(where: Path) -> dict[str, bytes]:
         raw = yaml.safe_load((REPO / "params.yaml").read_text())  # the default sender (ids)
         raw["models"] = {"llama": {"source": "local", "path": str(tiny_models["llama"])}}
-        raw["pick"].update(span=4, hidden=8, epochs=2)
+        raw["pick"].update(spans=[4], hidden=8, epochs=2)
         raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 4}
         raw["train"] = {"batch_size": 4, "dev_examples": 4, "eval_every": 2, "save_every": 2}
         raw["stage1"] = {"M": 8, "epochs": 1, "K": 1}

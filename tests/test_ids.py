@@ -1,5 +1,6 @@
 """encoder.kind ids (the default) on the tiny models: the pick stage, the curriculum, the
 evaluation from payload bytes, the budget every variant shares, and send | receive."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -23,7 +24,7 @@ def project(tmp_path_factory, tiny_models):
     raw["models"] = {"llama": {"source": "local", "path": str(tiny_models["llama"])},
                      "qwen": {"source": "local", "path": str(tiny_models["qwen"])}}
     assert raw["encoder"]["kind"] == "ids"  # the default sender
-    raw["pick"].update(span=6, hidden=8, epochs=3)
+    raw["pick"].update(spans=[6], hidden=8, epochs=3)
     raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 4}
     raw["train"].update(batch_size=4, dev_examples=4, eval_every=2, save_every=1, lr=3e-3)
     raw["stage1"] = {"M": 12, "epochs": 1, "K": 1, "kd": 1.0, "ce": 0.0}
@@ -174,9 +175,11 @@ def test_latency_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
     out = tmp_path / "latency.json"
     r = latency.main(["--params", str(project / "params.yaml"), "--eval", str(project / "data/mix/eval.jsonl"),
                       "--checkpoint", str(project / "models/stage3/best"), "--pick", str(project / "models/pick"),
-                      "--n", "4", "--threads", "1", "--out", str(out)])
+                      "--n", "4", "--threads", "1", "--out", str(out), "--long", "nq", "--n-long", "2"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(r)) and out.with_suffix(".md").is_file()
-    assert r["n"] == 4 and r["threads"] == 1 and r["payload_bytes_mean"] <= 2 * 8 + 7
+    assert r["n"] == 3 and r["threads"] == 1 and r["payload_bytes_mean"] <= 2 * 8 + 7  # the 3 squad rows
+    long = r["long"]["nq"]  # the long dataset alone, at batch 1
+    assert long["n"] == 2 and set(long["models"]["qwen"]) == {"batch1"} and "nq" in out.with_suffix(".md").read_text()
     assert r["packed_linears"] == {"llama": 15, "qwen": 15}  # timed as evaluate runs them (evaluate.prepack)
     for slot in ("llama", "qwen"):
         assert set(r["models"][slot]) == {"batch1"}  # 4 prompts: no batch of 8
@@ -188,3 +191,36 @@ def test_latency_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
             assert m["latent_trip_ms"]["median"] >= m["latent_prefill_ms"]["median"]
             assert m["token_compression"] > 1  # the tiny contexts are longer than M=8 slots
     assert r["all_receivers_batch1"]["trip_ms"] > 0
+
+
+def test_inputs_are_blind_to_the_answers(project, trained):
+    """The same examples with other answer strings give byte-identical payloads and prompts
+    for every variant: no input is built with the answer."""
+    from latentwire.latent import LatentWire
+    p = load_params(project / "params.yaml")
+    lw = LatentWire.from_checkpoint(p, project / "models/stage3/best", 8, project / "models/pick")
+    a = rows(3, "squad", 20) + rows(3, "nq", 30)
+    b = [{**r, "answers": ["zz " + r["answers"][0][::-1], "another"]} for r in a]
+    sent_a, sent_b = evaluate.send_all(lw, a, 4), evaluate.send_all(lw, b, 4)
+    assert {k: v[0] for k, v in sent_a.items()} == {k: v[0] for k, v in sent_b.items()}
+    llm = load_frozen("qwen", p.models["qwen"], p.prompt)
+    for ra, rb in zip(a, b):
+        sa, sb = lw.codec.selected_text(ra), lw.codec.selected_text(rb)
+        assert sa == sb
+        B = len(sent_a[ra["id"]][0])
+        assert baselines.text_variants(llm, ra, 8, B, sa) == baselines.text_variants(llm, rb, 8, B, sb)
+
+
+def test_a_dataset_with_its_own_M_gets_that_many_positions(project, trained):
+    from latentwire.latent import LatentWire
+    p = load_params(project / "params.yaml")
+    p.data.datasets["long"] = dataclasses.replace(next(iter(p.data.datasets.values())), M=20)
+    lw = LatentWire.from_checkpoint(p, project / "models/stage3/best", 8, project / "models/pick")
+    long_ctx = " ".join(r["context"] for r in rows(8, "x"))
+    row = {**rows(1, "long")[0], "context": long_ctx}
+    short = {**rows(1, "squad")[0], "context": long_ctx}
+    (la, lb) = lw.codec.latents([row, short])
+    assert len(la.ids) == 20 and len(lb.ids) == 8
+    llm = load_frozen("llama", p.models["llama"], p.prompt)
+    lw.attach(llm)
+    assert lw.codec.soft("llama", la).shape[0] == 20  # slot positions interpolated past the trained M

@@ -143,7 +143,7 @@ def base(tmp_path_factory, tiny_models):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["models"] = {"llama": {"source": "local", "path": str(tiny_models["llama"])},
                      "qwen": {"source": "local", "path": str(tiny_models["qwen"])}}
-    raw["pick"].update(span=4, hidden=8, epochs=2)  # the default sender (ids)
+    raw["pick"].update(spans=[4], hidden=8, epochs=2)  # the default sender (ids)
     raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 2}  # 10 batches a slot
     raw["train"] = {"batch_size": 4, "dev_examples": 4, "eval_every": 2, "save_every": 2, "lr": 3e-3}
     raw["stage1"] = {"M": 8, "epochs": 2, "K": 1, "kd": 1.0, "ce": 1.0}  # 16 rows / 4 x 2 = 8 steps

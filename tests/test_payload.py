@@ -1,13 +1,29 @@
 """The wire format: pack/unpack round trips and every way a payload can be bad."""
+import binascii
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latentwire import payload
-from latentwire.payload import KIND_IDS, KIND_VALUES, Latent, PayloadError, pack, unpack
+from latentwire.payload import KIND_IDS, KIND_VALUES, Latent, Limits, PayloadError, pack, unpack
 
+REPO = Path(__file__).resolve().parents[1]
 CODEBOOK = 0xBEEF
+# SmolLM2's codebook: 49,152 ids, its first 17 special (<|im_start|> is id 1); M = 32
+LIMITS = Limits(vocab_size=49152, max_slots=32, forbidden=frozenset(range(17)))
+
+
+def sealed(head_and_body: bytes, codebook: int = CODEBOOK) -> bytes:
+    """Any header and body with a valid CRC: what anyone who knows the public fingerprint can send."""
+    return head_and_body + binascii.crc_hqx(head_and_body, codebook).to_bytes(2, "little")
+
+
+def ids_payload(ids: list[int], bits: int = 16, codebook: int = CODEBOOK) -> bytes:
+    head = bytes([payload.MAGIC, (payload.VERSION << 4) | KIND_IDS, len(ids), bits, payload.NO_HINT])
+    return sealed(head + np.asarray(ids, dtype="<u2").tobytes(), codebook)
 
 
 @settings(max_examples=200, deadline=None)
@@ -82,3 +98,142 @@ def test_fingerprint_names_the_vocabulary():
     a = payload.fingerprint({"a": 0, "b": 1})
     assert a == payload.fingerprint({"b": 1, "a": 0})
     assert a != payload.fingerprint({"a": 1, "b": 0})
+
+
+def test_sealed_is_how_pack_checksums():
+    assert ids_payload([5, 700]) == pack(Latent(KIND_IDS, 16, None, ids=[5, 700]), CODEBOOK)
+
+
+@pytest.mark.parametrize("ids, bits, match", [
+    ([500, 60000], 16, r"id 60000 at slot 1 is outside the codebook \[0, 49151\]"),
+    ([49152], 16, r"id 49152 at slot 0 is outside the codebook \[0, 49151\]"),
+    ([1, 500], 16, r"id 1 at slot 0 is a special/control token"),
+    ([500, 500, 16], 16, r"id 16 at slot 2 is a special/control token"),
+    ([500] * 33, 16, r"33 slots, more than M = 32"),
+    ([500, 600], 8, r"bits 8, ids are 16 bits each"),
+])
+def test_hostile_ids_with_a_valid_crc_are_refused(ids, bits, match):
+    with pytest.raises(PayloadError, match=match):
+        unpack(ids_payload(ids, bits), CODEBOOK, LIMITS)
+
+
+def test_ids_bits_are_checked_without_limits():
+    with pytest.raises(PayloadError, match="bits 8"):
+        unpack(ids_payload([5, 6], bits=8), CODEBOOK)
+
+
+def test_ids_within_the_limits_pass():
+    ids = [17, 49151, 500] + [100] * 29
+    assert unpack(ids_payload(ids), CODEBOOK, LIMITS).ids == ids
+
+
+def test_pack_refuses_what_the_receiver_would():
+    for ids, match in (([60000], "id 60000 at slot 0"), ([500, 1], "id 1 at slot 1"), ([500] * 33, "more than M = 32")):
+        with pytest.raises(PayloadError, match=match):
+            pack(Latent(KIND_IDS, 16, None, ids=ids), CODEBOOK, LIMITS)
+    with pytest.raises(PayloadError, match="bits 8"):
+        pack(Latent(KIND_IDS, 8, None, ids=[500]), CODEBOOK)
+
+
+SUSPECT = [0, 1, 16, 17, 49151, 49152, 60000, 65535]  # the limits' edges
+
+
+@st.composite
+def checksummed(draw) -> bytes:
+    """Any header and body under a valid CRC: a well-formed ids or values body (ids near the
+    limits' edges, values any bytes) or raw bytes under any header."""
+    shape, hint = draw(st.sampled_from(["ids", "values", "raw"])), draw(st.integers(0, 255))
+    bits = draw(st.one_of(st.sampled_from([16, 8, 4]), st.integers(0, 255)))
+    if shape == "ids":  # codebook ids, mostly 16 bits, often one of them suspect
+        n = draw(st.integers(0, 40))
+        ids = draw(st.lists(st.integers(17, 49151), min_size=n, max_size=n))
+        if n and draw(st.sampled_from([True, True, False])):
+            ids[draw(st.integers(0, n - 1))] = draw(st.one_of(st.sampled_from(SUSPECT), st.integers(0, 65535)))
+        kind, body, bits = KIND_IDS, np.asarray(ids, dtype="<u2").tobytes(), draw(st.sampled_from([16, 16, 16, bits]))
+    elif shape == "values":
+        n, width, group = draw(st.integers(0, 40)), draw(st.integers(0, 24)), draw(st.integers(1, 64))
+        bits = bits if bits in (16, 8, 4) else 16
+        layout = pack(Latent(KIND_VALUES, bits, None, values=np.zeros((n, width)), group_size=group), 0)
+        size = len(layout) - payload.HEADER - payload.TRAILER - 2  # after width and group
+        kind, body = KIND_VALUES, bytes([width, group]) + draw(st.binary(min_size=size, max_size=size))
+    else:
+        kind = draw(st.one_of(st.sampled_from([KIND_IDS, KIND_VALUES]), st.integers(0, 15)))
+        n, body = draw(st.integers(0, 255)), draw(st.binary(max_size=200))
+    return sealed(bytes([payload.MAGIC, (payload.VERSION << 4) | kind, n, bits, hint]) + body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=checksummed())
+def test_checksummed_payloads_are_refused_or_within_the_limits(data):
+    """Whatever a valid CRC wraps: a latent within the limits, or a PayloadError, never another error."""
+    try:
+        got = unpack(data, CODEBOOK, LIMITS)
+    except PayloadError:
+        return
+    assert got.n == data[2]
+    if got.kind == KIND_IDS:
+        assert got.bits == 16 and got.n <= LIMITS.max_slots
+        assert all(0 <= i < LIMITS.vocab_size and i not in LIMITS.forbidden for i in got.ids)
+        assert pack(got, CODEBOOK, LIMITS) == data  # what passes is exactly re-sendable
+    else:
+        assert got.kind == KIND_VALUES and got.values.shape == (got.n, data[5])
+
+
+# ---------------------------------------------------------------- the real receiving paths
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory, tiny_models, one_thread):
+    """A LatentReceiver on the tiny llama: a fitted pick (the codebook) and an untrained
+    checkpoint at M = 8, as `receive` loads them."""
+    import yaml
+    from tiny import fit_pick
+
+    from latentwire.config import load_params
+    from latentwire.latent import LatentWire
+    from latentwire.transfer import LatentReceiver
+
+    root = tmp_path_factory.mktemp("receiver")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["models"] = {s: {"source": "local", "path": str(tiny_models[s])} for s in ("llama", "qwen")}
+    raw["pick"].update(span=6, hidden=8, epochs=1)
+    raw["stage3"]["M"] = 8
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    fit_pick(root, n=8)
+    params = load_params(root / "params.yaml")
+    LatentWire(params, 8, hidden={"llama": 32, "qwen": 32}).save(root / "ckpt")
+    return LatentReceiver(params, "llama", str(root / "ckpt"), str(root / "models/pick"))
+
+
+def test_sender_limits_name_the_codebook_and_its_special_tokens(receiver):
+    s = receiver.lw.codec.sender
+    tok, lim = s.tokenizer, s.limits()
+    assert lim == receiver.lw.codec.limits == Limits(len(tok), 8, lim.forbidden)
+    assert {tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<eos>", "<pad>")} <= lim.forbidden
+    assert s.limits(5).max_slots == 5
+
+
+def hostile(receiver) -> list[tuple[list[int], str]]:
+    tok = receiver.lw.codec.sender.tokenizer
+    V, start = len(tok), tok.convert_tokens_to_ids("<|im_start|>")
+    return [([5, V], f"id {V} at slot 1 is outside the codebook"), ([60000], "id 60000 at slot 0"),
+            ([5, 6, start], f"id {start} at slot 2 is a special/control token"),
+            ([5] * 9, "9 slots, more than M = 8")]
+
+
+def test_receiver_refuses_hostile_ids_with_a_payload_error(receiver):
+    cb = receiver.lw.codec.codebook
+    assert isinstance(receiver.receive(ids_payload([5, 6], codebook=cb), "Which river?"), str)
+    for ids, match in hostile(receiver):
+        with pytest.raises(PayloadError, match=match):  # not IndexError (a device assert on CUDA)
+            receiver.receive(ids_payload(ids, codebook=cb), "Which river?")
+
+
+def test_evaluate_refuses_hostile_ids_with_a_payload_error(receiver):
+    from latentwire import evaluate
+    from tiny import qa_rows
+
+    row, cb = qa_rows(1, "squad")[0], receiver.lw.codec.codebook
+    for ids, match in hostile(receiver):
+        with pytest.raises(PayloadError, match=match):
+            evaluate.latent_model(receiver.llm, receiver.lw, [row], {row["id"]: (ids_payload(ids, codebook=cb), None)},
+                                  "ids", {}, receiver.params, [])

@@ -25,7 +25,8 @@ EXPECTED = {
     "text/wire (int4)": ["bytes.int4.text_over_wire"],
     "tokens/M": ["tokens_over_M"],
     "distinct (int4)": ["latent_int4.distinct_ratio"],
-    "Z cos": ["z_pairwise_cosine"],
+    "positions text/latent": ["positions.text_over_latent"],
+    "Z cos": ["soft_pairwise_cosine"],
 }
 
 

@@ -71,11 +71,13 @@ class TokenAdapter(nn.Module):
         self.table = table
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [n] -> soft tokens [n, hidden] (n <= M)."""
+        """ids [n] -> soft tokens [n, hidden]; n > M (a dataset with its own larger M) reads the
+        slot positions interpolated to n."""
         if self.table is None:
             raise RuntimeError("TokenAdapter: call set_table(string_table(...)) first")
         e = self.table[ids.to(self.table.device)].to(self.pos.device, self.pos.dtype)
-        return e + self.delta(e) + self.pos[:len(ids)]
+        pos = self.pos if len(ids) <= len(self.pos) else resize_rows(self.pos, len(ids))  # a dataset's own larger M
+        return e + self.delta(e) + pos[:len(ids)]
 
     @torch.no_grad()
     def resize(self, M: int) -> None:

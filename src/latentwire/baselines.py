@@ -2,7 +2,8 @@
 
 Every variant has the same template and greedy decoding; only the context part differs:
   text                 the full context;
-  m_token              the context cut to M tokens of that model's tokenizer (M = stage3.M);
+  m_token              the context cut to M tokens of that model's tokenizer (M = the dataset's own
+                       data.datasets.<name>.M, else stage3.M);
   equal_byte           the context cut to B UTF-8 bytes, B = that example's measured payload;
   selected_text        the sender's picked tokens as plain text, cut to M of the model's tokens
                        (the code's ceiling at equal positions; senders with a pick only);
@@ -101,38 +102,42 @@ def by_dataset(rows: list[dict]) -> dict[str, list[dict]]:
     return dict(sorted(out.items()))
 
 
-def evaluate_model(llm: FrozenLLM, rows: list[dict], M: int, B, max_new_tokens: int,
+def evaluate_model(llm: FrozenLLM, rows: list[dict], M, B, max_new_tokens: int,
                    batch_size: int, predictions: list[dict], selected: dict | None = None) -> dict:
     """The text baselines for one model, per dataset; appends per-example predictions.
+    M: positions, one int or per dataset name;
     B: the equal-byte budget, one int or per example id (the measured payload bytes);
     selected: the picked text per example id (a sender with a pick: adds the SELECTED baselines)."""
     result = {}
     budget = (lambda r: B[r["id"]]) if isinstance(B, dict) else (lambda r: B)  # noqa: E731
     names = ("text", "m_token", "equal_byte") + (SELECTED if selected is not None else ())
     for ds, ds_rows in by_dataset(rows).items():
-        variants = [text_variants(llm, r, M, budget(r), selected and selected[r["id"]]) for r in ds_rows]
+        m = M[ds] if isinstance(M, dict) else M
+        variants = [text_variants(llm, r, m, budget(r), selected and selected[r["id"]]) for r in ds_rows]
         bodies = [llm.template.body(r["context"], r["question"]) for r in ds_rows]
         res = {"n": len(ds_rows),
                "prompt_bytes": sum(len(b.encode("utf-8")) for b in bodies) / len(bodies),
                "prompt_tokens": sum(len(llm.tokenizer(b, add_special_tokens=False)["input_ids"])
-                                    for b in bodies) / len(bodies)}
+                                    for b in bodies) / len(bodies),
+               "context_tokens": sum(len(llm.tokenizer(r["context"], add_special_tokens=False)["input_ids"])
+                                     for r in ds_rows) / len(ds_rows)}
         preds = {}
         for name in names:
             preds[name] = generate_text(llm, [v[name] for v in variants], max_new_tokens,
                                         batch_size, desc=f"{llm.slot}/{ds}/{name}")
             res[name] = score(preds[name], ds_rows)
-        res["m_token"]["tokens"] = M
+        res["m_token"]["tokens"] = m
         res["equal_byte"]["bytes"] = sum(budget(r) for r in ds_rows) / len(ds_rows)
         res["context_bytes"] = sum(len(r["context"].encode("utf-8")) for r in ds_rows) / len(ds_rows)
         res["question_bytes"] = sum(len(r["question"].encode("utf-8")) for r in ds_rows) / len(ds_rows)
         if selected is not None:
-            cuts = [cut_tokens(llm, selected[r["id"]], M) for r in ds_rows]
+            cuts = [cut_tokens(llm, selected[r["id"]], m) for r in ds_rows]
             res["selected_text"]["bytes"] = sum(len(c.encode("utf-8")) for c in cuts) / len(cuts)
-            res["selected_text"]["tokens"] = M
+            res["selected_text"]["tokens"] = m
             res["selected_equal_byte"]["bytes"] = res["equal_byte"]["bytes"]
         result[ds] = res
         for i, r in enumerate(ds_rows):
-            predictions.append({"model": llm.slot, "dataset": ds, "id": r["id"],
+            predictions.append({"model": llm.slot, "dataset": ds, "id": r["id"], "title": r.get("title", r["id"]),
                                 "question": r["question"], "answers": r["answers"],
                                 **{f"pred_{k}": v[i] for k, v in preds.items()},
                                 **{f"f1_{k}": best_f1(v[i], r["answers"]) for k, v in preds.items()}})

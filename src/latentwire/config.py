@@ -28,6 +28,8 @@ class DatasetConfig:
     """One QA source. `format: auto` sniffs the official/hub/sample layouts."""
     source: str = "local"            # local | hub
     path: str = ""                   # relative to data.root (local)
+    train_path: str = ""             # a train-only file (local, format sniffed): with it, `path` is eval-only
+    hub_train_split: str = ""        # the same for source hub: a train-only split
     format: str = "auto"             # auto | squad | hotpot | hotpot-sample | nq-oracle
     hub_id: str = ""                 # datasets.load_dataset id (source: hub)
     hub_config: str | None = None
@@ -36,12 +38,19 @@ class DatasetConfig:
     max_eval: int = 100              # cap on eval examples (deterministic sample)
     min_train_pool: int = 500        # below this many examples the dataset is eval-only
     distractors: int = 0             # HotpotQA: distractor paragraphs added to the gold ones
+    train_distractors: int = 0       # the same for the train-only source
+    max_context_chars: int | None = None  # this dataset's answer-blind cap (null: data.max_context_chars)
+    M: int | None = None             # this dataset's eval slots / positions (null: stage3.M)
 
     def __post_init__(self):
         _choice("source", self.source, ("local", "hub"))
         _choice("format", self.format, ("auto", "squad", "hotpot", "hotpot-sample", "nq-oracle"))
-        if self.weight < 0 or self.max_eval < 0 or self.distractors < 0:
-            raise ConfigError("weight, max_eval and distractors must be >= 0")
+        if self.weight < 0 or self.max_eval < 0 or self.distractors < 0 or self.train_distractors < 0:
+            raise ConfigError("weight, max_eval, distractors and train_distractors must be >= 0")
+        if self.max_context_chars is not None and self.max_context_chars < 64:
+            raise ConfigError("max_context_chars must be >= 64")
+        if self.M is not None and not 1 <= self.M <= 255:
+            raise ConfigError("M must be in [1, 255] (one byte of the payload header)")
 
 
 @dataclass
@@ -49,7 +58,7 @@ class DataConfig:
     root: str = "../shared/data"     # env LATENTWIRE_DATA overrides
     eval_fraction: float = 0.2       # share of titles held out for eval (split by title hash)
     train_examples: int = 112        # size of the train mix, split by weight
-    max_context_chars: int = 600     # longer contexts: a window of this size around the answer
+    max_context_chars: int = 2000    # answer-blind cap: whole paragraphs from the start, then a sentence end
     pick_pool: int = 5000            # train-split examples (never an eval title) to fit the pick on
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
 
@@ -145,16 +154,20 @@ class EncoderConfig:
 @dataclass
 class PickConfig:
     """encoder.kind ids: the sender's pick (pick.py), fitted by the `pick` stage."""
-    span: int = 12                   # tokens per picked span (around its best-rated token)
+    spans: list[int] = field(default_factory=lambda: [6, 8, 12])  # candidate span widths (tokens around
+                                     # a best-rated token); the stage keeps the best on its held-out tenth
     hidden: int = 64                 # the pick GRU's width
-    epochs: int = 8                  # passes over the pool's tokens
-    lr: float = 3e-3                 # AdamW learning rate of the pick's fit
-    batch_size: int = 64             # contexts per step of the pick's fit
-    max_tokens: int = 1024           # longer contexts are read up to this many sender tokens
+    epochs: int = 6                  # passes over the pool's windows
+    lr: float = 6e-3                 # AdamW learning rate of the pick's fit
+    batch_size: int = 128            # windows per step of the pick's fit
+    max_tokens: int = 2048           # longer contexts are read up to this many sender tokens
+    dev_M: int = 32                  # positions at which the held-out tenth of the pool chooses how
+                                     # the pick spends them (support weight, paragraph coverage)
 
     def __post_init__(self):
-        if self.span < 1 or self.hidden < 1 or self.epochs < 1 or self.max_tokens < 1:
-            raise ConfigError("pick: span, hidden, epochs and max_tokens must be >= 1")
+        if not self.spans or min(self.spans) < 1 or self.hidden < 1 or self.epochs < 1 or self.max_tokens < 1 \
+                or self.dev_M < 1:
+            raise ConfigError("pick: spans (non-empty), hidden, epochs, max_tokens and dev_M must be >= 1")
 
 
 @dataclass
@@ -198,6 +211,8 @@ class StageConfig:
     def __post_init__(self):
         if self.M < 1 or self.epochs < 0 or self.K < 1:
             raise ConfigError("M >= 1, K >= 1 and epochs >= 0")
+        if self.M > 255:
+            raise ConfigError(f"M = {self.M}: at most 255 slots (the payload header stores n in one byte)")
 
 
 @dataclass
@@ -239,6 +254,10 @@ class Params:
                     raise ConfigError(f"{key}.{slot}: no such model slot {list(self.models)}")
         if self.encoder.kind == "ids" and self.wire.shared_fraction != 1.0:
             raise ConfigError("wire.shared_fraction: the ids sender shares every slot: set 1.0")
+        own_M = [n for n, d in self.data.datasets.items() if d.M is not None]
+        if self.encoder.kind != "ids" and own_M:
+            raise ConfigError(f"data.datasets.{own_M[0]}.M: a dataset's own M needs encoder.kind ids "
+                              "(the byte encoder's queries are fixed at stage3.M)")
         if self.encoder.kind == "ids" and self.encoder.feature_model not in self.models:
             raise ConfigError(f"encoder.feature_model: no such model slot "
                               f"{self.encoder.feature_model!r} {list(self.models)}")

@@ -1,5 +1,10 @@
 """QA data: read SQuAD / HotpotQA / NQ (local files or the HF hub) into one Example type,
-cut long contexts around the answer, split by title and build the train/eval mix.
+cap long contexts by an answer-blind rule, split by title and build the train/eval mix.
+
+No model input is built from an answer: `cut_context` sees the context text alone (whole
+paragraphs from the start, then a sentence boundary), and `answers` serve losses, KD targets,
+pick labels and scoring only. HotpotQA records keep their supporting-fact sentences as char
+spans (`Example.support`), a pick label, never an input.
 
 Every reader returns (examples, skipped): `skipped` counts each dropped row by reason.
 Every bad input raises DataError naming the file (or hub id) and the field.
@@ -15,6 +20,7 @@ import gzip
 import hashlib
 import json
 import random
+import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -33,16 +39,18 @@ class Example:
     question: str
     context: str
     answers: list[str]
+    support: list[list[int]] = dataclasses.field(default_factory=list)  # [start, end) chars of the
+    #                 supporting-fact sentences (HotpotQA): the pick's label and support_recall only
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Example":
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d]
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d and f.name != "support"]
         if missing:
             raise DataError(f"example {d.get('id', '?')}: missing field(s) {missing}")
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 def _hash(s: str) -> int:
@@ -75,7 +83,7 @@ def _strs(v, where: str) -> list[str]:
     return [_clean(s, where) for s in v]
 
 
-def _example(name, id, title, question, context, answers, where) -> Example | str:
+def _example(name, id, title, question, context, answers, where, support=()) -> Example | str:
     """Shared checks; returns an Example or the reason it was skipped."""
     if not context:
         raise DataError(f"{where}: field 'context' is empty")
@@ -84,7 +92,7 @@ def _example(name, id, title, question, context, answers, where) -> Example | st
     answers = list(dict.fromkeys(a for a in answers if a))  # unique, in order, non-empty
     if not answers:
         return "no_answer"
-    return Example(id, name, title, question, context, answers)
+    return Example(id, name, title, question, context, answers, [list(sp) for sp in support])
 
 
 def squad_row(row, context: str, title: str, where: str, name: str = "squad") -> Example | str:
@@ -110,12 +118,26 @@ def _paragraphs(items, where: str, field: str) -> list[tuple[str, list[str]]]:
     return out
 
 
-def _hotpot(row, id, gold, pool, distractors, where, name) -> Example | str:
-    """Gold paragraphs + the first `distractors` of pool, shuffled by id; title = sorted gold titles."""
-    paras = [f"{t}: {' '.join(x for x in s if x)}" for t, s in gold + pool[:distractors]]
+def _hotpot(row, id, gold, pool, distractors, where, name, facts=frozenset()) -> Example | str:
+    """Gold paragraphs + the first `distractors` of pool, shuffled by id, one "title: text" line
+    each; title = sorted gold titles; support = the char spans of the `facts` (title, sentence
+    index) sentences. With distractors the id gets "/d<n>" (the gold-only record keeps its id)."""
+    paras = gold + pool[:distractors]
     random.Random(_hash(id)).shuffle(paras)
+    lines, support, at = [], [], 0
+    for t, sents in paras:
+        line = f"{t}:"
+        for k, x in enumerate(sents):
+            if x:
+                if (t, k) in facts:
+                    support.append((at + len(line) + 1, at + len(line) + 1 + len(x)))
+                line += " " + x
+        lines.append(line)
+        at += len(line) + 1
     title = " | ".join(sorted(t for t, _ in gold))
-    return _example(name, id, title, _get(row, "question", where), "\n".join(paras), [_get(row, "answer", where)], where)
+    id = f"{id}/d{distractors}" if distractors else id
+    return _example(name, id, title, _get(row, "question", where), "\n".join(lines),
+                    [_get(row, "answer", where)], where, support)
 
 
 def hotpot_row(row, where: str, distractors: int = 0, name: str = "hotpotqa") -> Example | str:
@@ -128,22 +150,30 @@ def hotpot_row(row, where: str, distractors: int = 0, name: str = "hotpotqa") ->
             raise DataError(f"{where}: field 'context': {len(titles)} titles but {len(sents)} sentence lists")
         ctx = list(zip(titles, sents))
     if isinstance(sf, dict):
-        sf = _get(sf, "title", where, list)
-    else:
-        sf = [f[0] if isinstance(f, list) and f else None for f in sf]
-    paras, gold_titles = _paragraphs(ctx, where, "context"), set(_strs(sf, f"{where}: field 'supporting_facts'"))
+        sf = list(zip(_get(sf, "title", where, list), _get(sf, "sent_id", where, list)))
+    bad = [f for f in sf if not (isinstance(f, (list, tuple)) and len(f) == 2 and isinstance(f[0], str)
+                                 and isinstance(f[1], int) and not isinstance(f[1], bool))]
+    if bad:
+        raise DataError(f"{where}: field 'supporting_facts': expected [title, sentence index] pairs, got {bad[0]!r}")
+    paras = _paragraphs(ctx, where, "context")
+    facts = {(_clean(t, where), k) for t, k in sf}
+    gold_titles = {t for t, _ in facts}
     if not gold_titles <= {t for t, _ in paras}:
         raise DataError(f"{where}: field 'supporting_facts' names titles not in 'context'")
     gold = [p for p in paras if p[0] in gold_titles]
-    return _hotpot(row, id, gold, [p for p in paras if p[0] not in gold_titles], distractors, where, name)
+    return _hotpot(row, id, gold, [p for p in paras if p[0] not in gold_titles], distractors, where, name, facts)
 
 
 def hotpot_sample_row(row, where: str, distractors: int = 0, name: str = "hotpotqa") -> Example | str:
     """The HotpotQA explorer sample: title_a/para_a, title_b/para_b (gold) and distractors."""
     gold = [(_get(row, f"title_{k}", where), _strs(_get(row, f"para_{k}", where, list), f"{where}: field 'para_{k}'"))
             for k in "ab"]
+    sf = _get(row, "supporting_facts", where, list) if "supporting_facts" in row else [[], []]
+    if len(sf) != 2 or not all(isinstance(f, list) and all(isinstance(k, int) for k in f) for f in sf):
+        raise DataError(f"{where}: field 'supporting_facts': expected two lists of sentence indices (para_a, para_b)")
+    facts = {(t, k) for (t, _), f in zip(gold, sf) for k in f}
     pool = _paragraphs(_get(row, "distractors", where, list), where, "distractors")
-    return _hotpot(row, _get(row, "_id", where), gold, pool, distractors, where, name)
+    return _hotpot(row, _get(row, "_id", where), gold, pool, distractors, where, name, facts)
 
 
 def nq_row(row, where: str, name: str = "nq") -> Example | str:
@@ -265,41 +295,99 @@ def load_hub(cfg, name: str = "") -> tuple[list[Example], Counter]:
     return out, skipped
 
 
-def cut_context(ex: Example, max_chars: int) -> Example:
-    """Keep a max_chars window holding the first answer found; the window's start is drawn from the id."""
-    c = ex.context
-    if len(c) <= max_chars:
+SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s")
+
+
+def cut_context(context: str, max_chars: int) -> str:
+    """An answer-blind cap (it sees the text alone): the whole paragraphs (lines) from the start
+    that fit in max_chars; if not even the first fits, the first paragraph up to its last
+    sentence end within max_chars (else its last space, else max_chars)."""
+    if len(context) <= max_chars:
+        return context
+    keep = ""
+    for para in context.split("\n"):
+        if len(keep) + bool(keep) + len(para) > max_chars:
+            break
+        keep += ("\n" if keep else "") + para
+    if keep:
+        return keep
+    head = context[:max_chars + 1]
+    ends = [m.end() for m in SENTENCE_END.finditer(head)]
+    end = ends[-1] if ends else head.rfind(" ") if head.rfind(" ") > 0 else max_chars
+    return context[:end].rstrip()
+
+
+def capped(ex: Example, max_chars: int) -> Example:
+    """ex with its context cut by `cut_context` and its support spans clipped to what is left."""
+    c = cut_context(ex.context, max_chars)
+    if c is ex.context:
         return ex
-    found = [(c.find(a), len(a)) for a in ex.answers if a in c and len(a) <= max_chars]
-    start = 0
-    if found:
-        pos, n = found[0]
-        lo, hi = max(0, pos + n - max_chars), min(pos, len(c) - max_chars)
-        start = lo + _hash(ex.id) % (hi - lo + 1)
-        space = c.rfind(" ", lo, start)  # start on a word if the window allows
-        start = space + 1 if space >= 0 else start
-    return dataclasses.replace(ex, context=c[start:start + max_chars])
+    return dataclasses.replace(ex, context=c, support=[sp for sp in ex.support if sp[1] <= len(c)])
 
 
-def load(name: str, cfg, root: Path, max_context_chars: int) -> tuple[list[Example], dict]:
-    """One configured dataset -> (examples, stats) with stats = skipped, context_cut, answer_in_context, source."""
+def group_titles(examples: list[Example]) -> list[Example]:
+    """Records whose gold titles overlap ("A | B" and "B | C") share one split title (the
+    smallest in their connected group), so that a split by title assigns whole groups."""
+    parent: dict[str, str] = {}
+
+    def root(t):
+        while parent.setdefault(t, t) != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for ex in examples:
+        first, *rest = ex.title.split(" | ")
+        for t in rest:
+            a, b = root(first), root(t)
+            parent[max(a, b)] = min(a, b)
+    return [dataclasses.replace(ex, title=root(ex.title.split(" | ")[0])) for ex in examples]
+
+
+def _read(cfg, root: Path, name: str, train: bool) -> tuple[list[Example], Counter, str]:
+    """The configured source (train: its train-only part) -> (examples, skipped, source)."""
     if cfg.source == "hub":
-        examples, skipped = load_hub(cfg, name)
-        source = f"hub:{cfg.hub_id}" + (f"/{cfg.hub_config}" if cfg.hub_config else "") + f"[{cfg.hub_split}]"
-    else:
-        examples, skipped = read_file(Path(root) / cfg.path, cfg.format, name, cfg.distractors)
-        source = cfg.path
+        split = cfg.hub_train_split if train else cfg.hub_split
+        hub = dataclasses.replace(cfg, hub_split=split, distractors=cfg.train_distractors if train else cfg.distractors)
+        examples, skipped = load_hub(hub, name)
+        return examples, skipped, f"hub:{cfg.hub_id}" + (f"/{cfg.hub_config}" if cfg.hub_config else "") + f"[{split}]"
+    path = cfg.train_path if train else cfg.path
+    examples, skipped = read_file(Path(root) / path, cfg.format if not train else "auto", name,
+                                  cfg.train_distractors if train else cfg.distractors)
+    return examples, skipped, path
+
+
+def load(name: str, cfg, root: Path, max_context_chars: int, train: bool = False,
+         avoid_titles: frozenset = frozenset()) -> tuple[list[Example], dict]:
+    """One configured dataset -> (examples, stats): stats = skipped, context_cut,
+    answer_in_context (questions whose answer is still in the capped context), source.
+    train: its train-only source (train_path / hub_train_split), minus records sharing a
+    gold title with `avoid_titles` (the eval part's). Titles of overlapping gold sets are
+    grouped (`group_titles`). cfg.max_context_chars, where set, overrides max_context_chars."""
+    examples, skipped, source = _read(cfg, root, name, train)
+    cap = cfg.max_context_chars or max_context_chars
     out, seen, cut = [], set(), 0
     for ex in examples:
         if ex.id in seen:
             skipped["duplicate_id"] += 1
             continue
+        if avoid_titles & set(ex.title.split(" | ")):
+            skipped["gold_title_in_eval"] += 1
+            continue
         seen.add(ex.id)
-        short = cut_context(ex, max_context_chars)
+        short = capped(ex, cap)
         cut += short is not ex
         out.append(short)
+    if train or len(out) >= cfg.min_train_pool:  # to be split by title: whole groups to one side
+        out = group_titles(out)
     in_ctx = sum(any(a in ex.context for a in ex.answers) for ex in out)
-    return out, {"skipped": dict(skipped), "context_cut": cut, "answer_in_context": in_ctx, "source": source}
+    return out, {"skipped": dict(skipped), "context_cut": cut, "answer_in_context": in_ctx,
+                 "answer_in_context_share": in_ctx / max(len(out), 1), "source": source}
+
+
+def gold_titles(examples: list[Example]) -> frozenset:
+    """Every gold title named in the examples' titles (before `group_titles`: "A | B")."""
+    return frozenset(t for ex in examples for t in ex.title.split(" | "))
 
 
 def is_eval_title(title: str, eval_fraction: float) -> bool:
@@ -318,6 +406,14 @@ def sample(examples: list[Example], n: int, seed: int) -> list[Example]:
     return pool[:n]
 
 
+def split_dev(rows: list[dict], n_dev: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """A fixed dev slice of the train mix (rows as dicts) for adaptive K and best-checkpoint
+    selection; prepare-mix keeps these rows out of the pick's pool."""
+    order = sorted(rows, key=lambda r: r["id"])
+    random.Random(seed).shuffle(order)
+    return order[n_dev:], order[:n_dev]
+
+
 def shares(total: int, weights: dict[str, float]) -> dict[str, int]:
     """Split `total` by weight, largest remainder (ties by name)."""
     wsum = sum(weights.values())
@@ -330,22 +426,38 @@ def shares(total: int, weights: dict[str, float]) -> dict[str, int]:
     return out
 
 
-def make_mix(data_cfg, loaded: dict[str, list[Example]], seed: int = 0, max_examples: int | None = None):
-    """-> (train, eval, info): info[name] = {train, eval, total, eval_only, train_shortfall}; notes list."""
-    info, notes, pools = {}, [], {}
-    for name, examples in loaded.items():
+def pools(data_cfg, loaded: dict[str, tuple[list[Example], list[Example] | None]]) -> dict[str, tuple[list, list]]:
+    """name -> (train pool, eval pool). loaded[name] = (examples, train-only examples or None).
+    With a train-only source the examples are all eval; else a dataset of fewer than
+    min_train_pool examples is eval-only, and a larger one is split by title."""
+    out = {}
+    for name, (examples, train_only) in loaded.items():
+        if train_only is not None:
+            out[name] = (train_only, examples)
+        elif len(examples) < data_cfg.datasets[name].min_train_pool:
+            out[name] = ([], examples)
+        else:
+            out[name] = split_by_title(examples, data_cfg.eval_fraction)
+    return out
+
+
+def make_mix(data_cfg, loaded: dict, seed: int = 0, max_examples: int | None = None):
+    """-> (train, eval, info): info[name] = {train, eval, total, eval_only, train_shortfall}; notes list.
+    loaded: as for `pools`."""
+    info, notes, sampled = {}, [], {}
+    for name, (train_pool, eval_pool) in pools(data_cfg, loaded).items():
         cfg = data_cfg.datasets[name]
-        eval_only = len(examples) < cfg.min_train_pool
-        train_pool, eval_pool = ([], examples) if eval_only else split_by_title(examples, data_cfg.eval_fraction)
         n_eval = cfg.max_eval if max_examples is None else min(cfg.max_eval, max_examples)
-        pools[name] = (train_pool, sample(eval_pool, n_eval, seed))
-        info[name] = {"total": len(examples), "eval_only": eval_only}
-        if eval_only:
-            notes.append(f"{name}: eval_only: {len(examples)} < min_train_pool ({cfg.min_train_pool})")
+        sampled[name] = (train_pool, sample(eval_pool, n_eval, seed))
+        examples, train_only = loaded[name]
+        info[name] = {"total": len(examples) + len(train_only or []), "eval_only": not train_pool}
+        if not train_pool:
+            notes.append(f"{name}: eval_only: {len(examples)} < min_train_pool ({cfg.min_train_pool})"
+                         if train_only is None else f"{name}: eval_only: its train source gave no example")
     want = shares(data_cfg.train_examples,
                   {n: data_cfg.datasets[n].weight for n in loaded if not info[n]["eval_only"]})
     train, evals = [], []
-    for name, (train_pool, ev) in pools.items():
+    for name, (train_pool, ev) in sampled.items():
         tr = sample(train_pool, want.get(name, 0), seed)
         short = want.get(name, 0) - len(tr)
         if short:
@@ -356,19 +468,17 @@ def make_mix(data_cfg, loaded: dict[str, list[Example]], seed: int = 0, max_exam
     return train, evals, {"datasets": info, "notes": notes}
 
 
-def pick_pool(data_cfg, loaded: dict[str, list[Example]], seed: int = 0) -> list[Example]:
+def pick_pool(data_cfg, loaded: dict, seed: int = 0, exclude: frozenset = frozenset()) -> list[Example]:
     """Up to data.pick_pool train-split examples, shared out by weight, for fitting the pick
-    (eval-only datasets and eval titles give none)."""
-    pools = {}
-    for name, examples in loaded.items():
-        cfg = data_cfg.datasets[name]
-        pools[name] = [] if len(examples) < cfg.min_train_pool else split_by_title(examples, data_cfg.eval_fraction)[0]
-    want = shares(data_cfg.pick_pool, {n: data_cfg.datasets[n].weight for n in loaded if pools[n]})
+    (eval-only datasets and eval titles give none; ids in `exclude`, the curriculum's dev
+    rows, neither)."""
+    train_pools = {n: [ex for ex in tr if ex.id not in exclude] for n, (tr, _) in pools(data_cfg, loaded).items()}
+    want = shares(data_cfg.pick_pool, {n: data_cfg.datasets[n].weight for n in loaded if train_pools[n]})
     # a share a dataset cannot fill goes to the others
-    short = sum(max(0, k - len(pools[n])) for n, k in want.items())
+    short = sum(max(0, k - len(train_pools[n])) for n, k in want.items())
     out = []
-    for name in sorted(want, key=lambda n: len(pools[n])):
-        k = min(len(pools[name]), want[name] + short)
+    for name in sorted(want, key=lambda n: len(train_pools[n])):
+        k = min(len(train_pools[name]), want[name] + short)
         short -= max(0, k - want[name])
-        out += sample(pools[name], k, seed)
+        out += sample(train_pools[name], k, seed)
     return out

@@ -114,6 +114,7 @@ class ByteCodec(nn.Module):
     wire values (payload kind values at wire.bits, the hint in the header) -> each model's
     Adapter. Every slot's view is S shared rows + its own P private rows."""
     codebook = 0  # continuous values: no codebook to fingerprint
+    limits = None  # nor ids to bound (payload.Limits)
 
     def __init__(self, params, M: int, hidden: dict[str, int], target_norm: dict[str, float]):
         super().__init__()

@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import payload, placement, stats
-from .baselines import SELECTED, by_dataset, clean, cut_tokens, evaluate_model, score
+from .baselines import SELECTED, by_dataset, clean, evaluate_model, m_token_bytes, score
 from .config import ModelConfig, Params, load_params
 from .io import package_sha256, peak_rss_mb, read_jsonl, remove_temp_files, write_json, write_jsonl, write_text
 from .latent import LatentWire, Receiver
@@ -71,6 +71,7 @@ def latent_model(llm: FrozenLLM, lw: LatentWire, rows: list[dict], sent: dict, n
     """Every answer decoded from its packed payload; per dataset F1/EM, the payload's measured
     bytes, the positions the model reads, and the codec's per-slot diagnostics."""
     rec, bs, result = Receiver(llm), params.evaluate.batch_size, {}
+    M_of = dataset_M(params, rows)
     pred_rows = {(p["dataset"], p["id"]): p for p in predictions if p["model"] == llm.slot}
     variant = f"latent_{name}"
     for ds, ds_rows in by_dataset(rows).items():
@@ -79,7 +80,7 @@ def latent_model(llm: FrozenLLM, lw: LatentWire, rows: list[dict], sent: dict, n
             rests = []
             for r in ds_rows[i:i + bs]:
                 data, sent_latent = sent[r["id"]]
-                latent = payload.unpack(data, lw.codec.codebook)
+                latent = payload.unpack(data, lw.codec.codebook, lw.codec.limits)
                 soft = lw.codec.soft(llm.slot, latent)
                 rests.append(rec.rest(soft, r["question"]))
                 n_pos.append(len(soft))
@@ -89,6 +90,7 @@ def latent_model(llm: FrozenLLM, lw: LatentWire, rows: list[dict], sent: dict, n
             preds += [clean(t) for t in rec.generate(rests, params.evaluate.max_new_tokens)]
         for r, p in zip(ds_rows, preds):
             row = pred_rows.setdefault((ds, r["id"]), {"model": llm.slot, "dataset": ds, "id": r["id"],
+                                                       "title": r.get("title", r["id"]),
                                                        "question": r["question"], "answers": r["answers"]})
             row[f"pred_{variant}"], row[f"f1_{variant}"] = p, best_f1(p, r["answers"])
         sizes = [len(sent[r["id"]][0]) for r in ds_rows]
@@ -99,12 +101,22 @@ def latent_model(llm: FrozenLLM, lw: LatentWire, rows: list[dict], sent: dict, n
             "bytes": {name: {"per_model": mean_bytes, "max": max(sizes), "total": mean_bytes,
                              "per_slot": sum(sizes) / max(sum(n_pos), 1), "text_over_wire": ctx / mean_bytes,
                              "text_over_wire_total": ctx / mean_bytes}},
-            "positions": {"latent_mean": sum(n_pos) / len(n_pos), "latent_max": max(n_pos), "M": lw.M},
+            "positions": {"latent_mean": sum(n_pos) / len(n_pos), "latent_max": max(n_pos), "M": M_of[ds],
+                          "text_context_tokens": base[ds].get("context_tokens"),
+                          "text_over_latent": (base[ds]["context_tokens"] / (sum(n_pos) / len(n_pos))
+                                               if base[ds].get("context_tokens") else None)},
             "slots": {k: (v if k.startswith("max") else v / n_slots) for k, v in diag.items()},
             "soft_pairwise_cosine": soft_cosine(flat),
-            "tokens_over_M": base[ds]["prompt_tokens"] / lw.M}
+            "tokens_over_M": base[ds]["prompt_tokens"] / M_of[ds]}
     predictions[:] = [p for p in predictions if p["model"] != llm.slot] + list(pred_rows.values())
     return result
+
+
+def dataset_M(params: Params, rows: list[dict]) -> dict[str, int]:
+    """Each eval dataset's positions: data.datasets.<name>.M, else stage3.M."""
+    cfg = params.data.datasets
+    return {r["dataset"]: (cfg[r["dataset"]].M if r["dataset"] in cfg and cfg[r["dataset"]].M else params.stage3.M)
+            for r in rows}
 
 
 def soft_cosine(flat: list[torch.Tensor]) -> float:
@@ -121,7 +133,8 @@ def soft_cosine(flat: list[torch.Tensor]) -> float:
 
 def add_cis(per_model: dict, predictions: list[dict], slot: str, variant: str, seed: int, n_boot: int) -> None:
     """Paired bootstrap 95 % CIs of the latent's F1 minus each baseline's, per dataset (under
-    <dataset>.ci) and pooled over datasets (under pooled)."""
+    <dataset>.ci) and pooled over datasets (under pooled). Resampled by title (article, or
+    HotpotQA's gold pair), not by question: questions on one article are not independent."""
     preds = [p for p in predictions if p["model"] == slot and f"f1_{variant}" in p]
     by_ds: dict[str, list[dict]] = defaultdict(list)
     for p in preds:
@@ -131,9 +144,10 @@ def add_cis(per_model: dict, predictions: list[dict], slot: str, variant: str, s
         if not all(f"f1_{base}" in p for p in preds):
             continue
         diffs = {ds: [p[f"f1_{variant}"] - p[f"f1_{base}"] for p in ps] for ds, ps in sorted(by_ds.items())}
+        clusters = {ds: [p.get("title", p["id"]) for p in ps] for ds, ps in sorted(by_ds.items())}
         for ds, d in diffs.items():
-            per_model[ds].setdefault("ci", {})[base] = stats.paired_ci({ds: d}, seed, n_boot)
-        pooled[base] = stats.paired_ci(diffs, seed, n_boot)
+            per_model[ds].setdefault("ci", {})[base] = stats.paired_ci({ds: d}, seed, n_boot, clusters={ds: clusters[ds]})
+        pooled[base] = stats.paired_ci(diffs, seed, n_boot, clusters=clusters)
     per_model["pooled"] = {"n": len(preds), f"{variant}_f1": float(np.mean([p[f"f1_{variant}"] for p in preds])),
                            "ci": pooled}
 
@@ -274,7 +288,7 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
         if params.evaluate.prepack:
             pack(llm.model)  # CPU: reorder the linear weights once (no-op on GPU)
         if part in ("text", "all"):
-            metrics[slot] = evaluate_model(llm, rows, M, B, params.evaluate.max_new_tokens,
+            metrics[slot] = evaluate_model(llm, rows, dataset_M(params, rows), B, params.evaluate.max_new_tokens,
                                            params.evaluate.batch_size, predictions, selected)
             metrics[slot]["embedding"] = llm.embedding_stats()
         if part in ("latent", "all"):
@@ -282,7 +296,8 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
             for ds, res in latent_model(llm, lw, rows, sent, name, metrics[slot], params, predictions).items():
                 metrics[slot][ds].update(res)
                 # here, not in the text part: data/eval/text_baselines.json stays as it was
-                metrics[slot][ds]["m_token"]["bytes"] = m_token_bytes(llm, [r for r in rows if r["dataset"] == ds], M)
+                metrics[slot][ds]["m_token"]["bytes"] = m_token_bytes(llm, [r for r in rows if r["dataset"] == ds],
+                                                                      dataset_M(params, rows)[ds])
             add_cis(metrics[slot], predictions, slot, f"latent_{name}", params.seed, params.evaluate.bootstrap)
         metrics["wall_s"][f"{part}/{slot}"] = round(time.time() - t0, 1)
         save_unit(unit, slot, part, metrics, predictions)
@@ -296,11 +311,6 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
         write_frontier(frontier_path or Path(metrics_path).with_name("frontier.csv"), metrics, params.models)
         write_json(metrics_path, metrics)
     return metrics
-
-
-def m_token_bytes(llm: FrozenLLM, rows: list[dict], M: int) -> float:
-    """Mean UTF-8 bytes of the M-token context cut (the m_token baseline's bytes on the frontier)."""
-    return sum(len(cut_tokens(llm, r["context"], M).encode("utf-8")) for r in rows) / max(len(rows), 1)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

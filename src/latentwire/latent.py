@@ -33,7 +33,7 @@ class LatentWire(nn.Module):
       train_softs(rows, qat) -> ({slot: [soft tokens per row]}, extra loss, logs)   training
       latents(rows) -> [payload.Latent]                                            the sender
       soft(slot, latent) -> soft tokens [n <= M, H]                                a receiver
-      attach(llm), resize(M), codebook, selected_text(row), pick_recall(rows, seed), diagnose(...)
+      attach(llm), resize(M), codebook, limits, selected_text(row), pick_recall(rows, seed), diagnose(...)
     """
 
     def __init__(self, params: Params, M: int, llms: dict[str, FrozenLLM] | None = None,

@@ -16,6 +16,12 @@ per group of `group size` values followed by the values as signed ints (int4: tw
 
 The CRC's seed is the codebook fingerprint (`fingerprint`), so a payload made for another
 codebook fails the check like a garbled one; the error says both are possible.
+
+The fingerprint is public, so a valid CRC proves nothing about the sender: a receiver passes
+its `Limits` (`Sender.limits`) and `unpack` refuses ids beyond them after the CRC: bits other
+than 16, more than M slots, an id outside the codebook (it would index past the adapter's
+table) or one of its special/control tokens (chat markup injected into the receiver's prompt).
+`pack` refuses the same when given the limits.
 """
 from __future__ import annotations
 
@@ -32,7 +38,36 @@ HEADER, TRAILER = 5, 2
 
 
 class PayloadError(ValueError):
-    """A payload that cannot be read: truncated, garbled, foreign or of an unknown version."""
+    """A payload that cannot be read: truncated, garbled, foreign, of an unknown version, or
+    carrying ids its receiver refuses."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a receiver accepts in a payload of kind ids: at most max_slots ids (its M), each
+    below vocab_size (the codebook's length) and none of `forbidden` (its special tokens).
+    The defaults are the header's own bounds."""
+    vocab_size: int = 65536
+    max_slots: int = 255
+    forbidden: frozenset[int] = frozenset()
+
+    def __post_init__(self):
+        if not 0 < self.vocab_size <= 65536:
+            raise ValueError(f"a codebook of {self.vocab_size} ids: 16-bit ids need 1 to 65536")
+
+
+def check_ids(ids: list[int], bits: int, limits: Limits | None = None) -> None:
+    """PayloadError, naming the slot, unless the ids are 16 bits each and within `limits`."""
+    limits = limits or Limits()
+    if bits != 16:
+        raise PayloadError(f"ids: bits {bits}, ids are 16 bits each")
+    if len(ids) > limits.max_slots:
+        raise PayloadError(f"ids: {len(ids)} slots, more than M = {limits.max_slots}")
+    for k, i in enumerate(ids):
+        if not 0 <= i < limits.vocab_size:
+            raise PayloadError(f"ids: id {i} at slot {k} is outside the codebook [0, {limits.vocab_size - 1}]")
+        if i in limits.forbidden:
+            raise PayloadError(f"ids: id {i} at slot {k} is a special/control token of the codebook")
 
 
 @dataclass
@@ -91,8 +126,9 @@ def _values_body(values: np.ndarray, bits: int, group: int) -> bytes:
     return head + scale.tobytes() + _int_bytes(q, bits)
 
 
-def pack(latent: Latent, codebook: int) -> bytes:
-    """Latent -> payload bytes (`codebook`: the fingerprint of the ids' codebook, 0 for values)."""
+def pack(latent: Latent, codebook: int, limits: Limits | None = None) -> bytes:
+    """Latent -> payload bytes (`codebook`: the fingerprint of the ids' codebook, 0 for values;
+    `limits`: the receiver's, for kind ids)."""
     n = latent.n
     if not 0 <= n <= 255:
         raise PayloadError(f"n = {n} slots: at most 255 fit the header")
@@ -100,8 +136,7 @@ def pack(latent: Latent, codebook: int) -> bytes:
     if latent.hint is not None and not 0 <= hint < NO_HINT:
         raise PayloadError(f"hint {hint}: must be in [0, 254] (255 means none)")
     if latent.kind == KIND_IDS:
-        if latent.bits != 16 or any(not 0 <= i < 65536 for i in latent.ids):
-            raise PayloadError("ids: 16 bits each, every id in [0, 65535]")
+        check_ids(latent.ids, latent.bits, limits)
         body = np.asarray(latent.ids, dtype="<u2").tobytes()
     elif latent.kind == KIND_VALUES:
         if latent.bits not in (16, 8, 4):
@@ -114,9 +149,9 @@ def pack(latent: Latent, codebook: int) -> bytes:
     return head + body + crc.to_bytes(2, "little")
 
 
-def unpack(payload: bytes, codebook: int) -> Latent:
+def unpack(payload: bytes, codebook: int, limits: Limits | None = None) -> Latent:
     """Payload bytes -> Latent; a clear PayloadError for anything that is not a whole,
-    intact payload of this format made for this codebook."""
+    intact payload of this format made for this codebook, or (kind ids) not within `limits`."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise PayloadError(f"payload must be bytes, got {type(payload).__name__}")
     payload = bytes(payload)
@@ -152,7 +187,9 @@ def unpack(payload: bytes, codebook: int) -> Latent:
                            f"codebook (this receiver's fingerprint is 0x{codebook & 0xFFFF:04x})")
     hint_v = None if hint == NO_HINT else hint
     if kind == KIND_IDS:
-        return Latent(KIND_IDS, bits, hint_v, ids=np.frombuffer(body, dtype="<u2").astype(int).tolist())
+        ids = np.frombuffer(body, dtype="<u2").astype(int).tolist()
+        check_ids(ids, bits, limits)
+        return Latent(KIND_IDS, bits, hint_v, ids=ids)
     width, group = body[0], body[1]
     count, data = n * width, body[2:]
     if bits == 16:

@@ -30,8 +30,9 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 WORD = re.compile(r"\w+")
@@ -41,6 +42,7 @@ STOP = set("a an the of in on at to for by with from and or is are was were be b
            "there their they he she his her has have had not no can could would will shall may many "
            "much name named called".split())
 QTYPES = ("when", "who", "where", "quantity", "whatwhich", "other")
+CHUNK = 256          # the pick GRU's window (tokens)
 SEPARATOR = " ..."
 
 
@@ -67,17 +69,20 @@ def question_type(q: str) -> str:
 @dataclass
 class Read:
     """One context as the sender reads it: its tokens (sender ids and char offsets into the
-    context), the sentence of each token, and the feature matrix [T, N_FEATURES]."""
+    context), the sentence and paragraph (line) of each token, and the feature matrix
+    [T, N_FEATURES]."""
     ids: list[int]
     offsets: list[tuple[int, int]]
     sentence: list[int]
     features: torch.Tensor
     q_ids: list[int]
+    paragraph: list[int] = field(default_factory=list)
 
 
 TOKEN_FEATURES = ("bias", "q_match", "q_match_idf", "stop", "punct", "digit", "year", "capital",
                   "sent_score", "sent_top1", "sent_top2", "sent_lead", "rel_pos", "first32",
-                  "near4", "near12", "dist3", "dist8", "dist16", "no_match_in_sent", "word_len")
+                  "near4", "near12", "dist3", "dist8", "dist16", "no_match_in_sent", "word_len",
+                  "para_score", "para_top1", "para_top2", "sent_in_para_top1", "title")
 CROSS = ("digit", "year", "capital", "stop")
 FEATURES = TOKEN_FEATURES + tuple(f"{t}*{c}" for t in QTYPES for c in CROSS)
 N_FEATURES = len(FEATURES)
@@ -95,57 +100,97 @@ def sentences(context: str) -> list[tuple[int, int]]:
     return spans or [(0, len(context))]
 
 
-def read(tokenizer, question: str, context: str, max_tokens: int = 1024) -> Read:
-    """Tokenise " " + context (as it follows "Context:" in the prompt) and compute the features."""
-    enc = tokenizer(" " + context, add_special_tokens=False, return_offsets_mapping=True)
+def _bm25(units: list[set], q_words: set) -> tuple[list[float], dict]:
+    """In-context idf over `units` (word sets) and each unit's idf-weighted question overlap."""
+    n = len(units)
+    idf = {w: math.log(1 + (n + 0.5) / (sum(w in u for u in units) + 0.5)) for w in q_words}
+    return [sum(idf[w] for w in q_words if w in u) for u in units], idf
+
+
+def _ranks(scores: list[float]) -> tuple[list[int], float]:
+    top = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return top, (max(scores) if scores and max(scores) > 0 else 1.0)
+
+
+def read(tokenizer, question: str, context: str, max_tokens: int = 2048) -> Read:
+    """Tokenise " " + context (as it follows "Context:" in the prompt) and compute the features
+    (column by column, linear in the context's length)."""
+    # split_special_tokens: a context that spells "<|im_end|>" is read as text, never as a control token
+    enc = tokenizer(" " + context, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
     ids = enc["input_ids"][:max_tokens]
     offsets = [(max(a - 1, 0), max(b - 1, 0)) for a, b in enc["offset_mapping"][:len(ids)]]
     T = len(ids)
     q_words = {stem(w) for w in WORD.findall(question) if w.lower() not in STOP}
     qt = question_type(question)
     sents = sentences(context)
-    sent_of = []
-    j = 0
-    for a, b in offsets:
-        while j + 1 < len(sents) and a >= sents[j][1]:
-            j += 1
-        sent_of.append(j)
+    starts = np.array([a for a, _ in sents])
+    tok_start = np.array([a for a, _ in offsets], dtype=np.int64).reshape(-1)
+    sent_of = np.clip(np.searchsorted(starts, tok_start, side="right") - 1, 0, len(sents) - 1)
+    # paragraphs: the context's lines (HotpotQA: one "title: text" line a paragraph)
+    line_starts = np.array([0] + [m.end() for m in re.finditer("\n", context)])
+    para_of_sent = np.searchsorted(line_starts, starts, side="right") - 1
+    para_of = para_of_sent[sent_of] if T else np.zeros(0, dtype=np.int64)
     # per token: its word (the first \w+ run inside its span, else the text itself)
     texts = [context[a:b] for a, b in offsets]
-    words = [(WORD.search(t).group(0) if WORD.search(t) else "") for t in texts]
-    match = [bool(w) and w.lower() not in STOP and stem(w) in q_words for w in words]
-    # in-context idf over sentences, BM25-like sentence scores
-    sent_words = [{stem(w) for w in WORD.findall(context[a:b])} for a, b in sents]
-    n_s = len(sents)
-    idf = {w: math.log(1 + (n_s + 0.5) / (sum(w in s for s in sent_words) + 0.5)) for w in q_words}
-    scores = [sum(idf[w] for w in q_words if w in s) for s in sent_words]
-    top = sorted(range(n_s), key=lambda i: -scores[i])
-    best = max(scores) if scores and max(scores) > 0 else 1.0
-    pos_match = [i for i in range(T) if match[i]]
-    feats = torch.zeros(T, N_FEATURES)
-    col = {f: k for k, f in enumerate(FEATURES)}
-    for i in range(T):
-        w, t, s = words[i], texts[i], sent_of[i]
-        near = [abs(p - i) for p in pos_match if p != i and sent_of[p] == s]
-        d = min(near) if near else 99
-        f = {"bias": 1.0, "q_match": float(match[i]),
-             "q_match_idf": idf.get(stem(w), 0.0) if match[i] else 0.0,
-             "stop": float(w.lower() in STOP), "punct": float(not w),
-             "digit": float(any(c.isdigit() for c in t)),
-             "year": float(bool(re.fullmatch(r"1[0-9]{3}|20[0-9]{2}", w))),
-             "capital": float(bool(w) and w[0].isupper() and offsets[i][0] != sents[s][0]),
-             "sent_score": scores[s] / best, "sent_top1": float(s == top[0]),
-             "sent_top2": float(n_s > 1 and s == top[1]), "sent_lead": float(s == 0),
-             "rel_pos": i / max(T, 1), "first32": float(i < 32),
-             "near4": sum(x <= 4 for x in near) / 4, "near12": sum(x <= 12 for x in near) / 12,
-             "dist3": float(d <= 3), "dist8": float(3 < d <= 8), "dist16": float(8 < d <= 16),
-             "no_match_in_sent": float(not near), "word_len": min(len(w), 12) / 12}
-        for c in CROSS:
-            f[f"{qt}*{c}"] = f[c]
-        for k, v in f.items():
-            feats[i, col[k]] = v
-    q_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
-    return Read(ids, offsets, sent_of, feats, q_ids)
+    words = [(m.group(0) if (m := WORD.search(t)) else "") for t in texts]
+    match = np.array([bool(w) and w.lower() not in STOP and stem(w) in q_words for w in words], dtype=bool)
+    # BM25-like question overlap of each sentence and each paragraph (in-context idf)
+    sent_scores, idf = _bm25([{stem(w) for w in WORD.findall(context[a:b])} for a, b in sents], q_words)
+    n_p = len(line_starts)
+    para_text = [context[a:b] for a, b in zip(line_starts, list(line_starts[1:]) + [len(context)])]
+    para_scores, _ = _bm25([{stem(w) for w in WORD.findall(t)} for t in para_text], q_words)
+    top, best = _ranks(sent_scores)
+    ptop, pbest = _ranks(para_scores)
+    best_in_para = {}  # paragraph -> its best sentence
+    for i in top:
+        best_in_para.setdefault(int(para_of_sent[i]), i)
+    # question-word matches around each token, inside its sentence (itself excluded)
+    pos = np.arange(T)
+    csum = np.concatenate([[0], np.cumsum(match)])
+    s_lo = np.searchsorted(sent_of, sent_of, side="left")   # sent_of is non-decreasing
+    s_hi = np.searchsorted(sent_of, sent_of, side="right")
+
+    def around(k):
+        lo, hi = np.maximum(pos - k, s_lo), np.minimum(pos + k + 1, s_hi)
+        return csum[hi] - csum[lo] - match
+
+    prev = np.maximum.accumulate(np.where(match, pos, -10**6))       # last match at or before i
+    prev = np.concatenate([[-10**6], prev[:-1]]) if T else prev       # strictly before i
+    nxt = np.minimum.accumulate(np.where(match, pos, 10**6)[::-1])[::-1]
+    nxt = np.concatenate([nxt[1:], [10**6]]) if T else nxt
+    d_prev = np.where((prev >= 0) & (prev >= s_lo), pos - prev, 99)
+    d_next = np.where((nxt < T) & (nxt < s_hi), nxt - pos, 99)
+    d = np.minimum(d_prev, d_next)
+    any_in_sent = (csum[s_hi] - csum[s_lo] - match) > 0 if T else np.zeros(0, dtype=bool)
+    sent_first = np.array([sents[s][0] for s in sent_of], dtype=np.int64) if T else np.zeros(0, dtype=np.int64)
+    line_first = line_starts[para_of] if T else np.zeros(0, dtype=np.int64)
+    colon = [context.find(":", a) for a in line_starts]  # "title:" ends a paragraph's title
+    col = {
+        "bias": np.ones(T), "q_match": match,
+        "q_match_idf": [idf.get(stem(w), 0.0) if m else 0.0 for w, m in zip(words, match)],
+        "stop": [w.lower() in STOP for w in words], "punct": [not w for w in words],
+        "digit": [any(c.isdigit() for c in t) for t in texts],
+        "year": [bool(re.fullmatch(r"1[0-9]{3}|20[0-9]{2}", w)) for w in words],
+        "capital": [bool(w) and w[0].isupper() for w in words] & (tok_start != sent_first),
+        "sent_score": np.array(sent_scores)[sent_of] / best, "sent_top1": sent_of == top[0],
+        "sent_top2": (sent_of == top[1]) if len(sents) > 1 else np.zeros(T),
+        "sent_lead": sent_of == 0, "rel_pos": pos / max(T, 1), "first32": pos < 32,
+        "near4": around(4) / 4, "near12": around(12) / 12,
+        "dist3": d <= 3, "dist8": (d > 3) & (d <= 8), "dist16": (d > 8) & (d <= 16),
+        "no_match_in_sent": ~any_in_sent, "word_len": [min(len(w), 12) / 12 for w in words],
+        "para_score": np.array(para_scores)[para_of] / pbest, "para_top1": para_of == ptop[0],
+        "para_top2": (para_of == ptop[1]) if n_p > 1 else np.zeros(T),
+        "sent_in_para_top1": sent_of == np.array([best_in_para[int(p)] for p in para_of], dtype=np.int64),
+        "title": (tok_start >= line_first) & (tok_start < np.array([colon[p] for p in para_of])) if n_p > 1
+                 else np.zeros(T),
+    }
+    feats = np.zeros((T, N_FEATURES), dtype=np.float32)
+    for k, name in enumerate(TOKEN_FEATURES):
+        feats[:, k] = np.asarray(col[name], dtype=np.float32)
+    for c in CROSS:
+        feats[:, FEATURES.index(f"{qt}*{c}")] = feats[:, FEATURES.index(c)]
+    q_ids = tokenizer(question, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return Read(ids, offsets, sent_of.tolist(), torch.from_numpy(feats), q_ids, para_of.tolist())
 
 
 def answer_labels(r: Read, context: str, answers: list[str]) -> torch.Tensor:
@@ -164,8 +209,27 @@ def answer_labels(r: Read, context: str, answers: list[str]) -> torch.Tensor:
     return y
 
 
+def support_labels(r: Read, support: list) -> torch.Tensor:
+    """1 for every token inside a supporting-fact sentence (char spans); all -1 (unknown:
+    masked out of the loss) where the example has no supporting facts."""
+    if not support:
+        return torch.full((len(r.ids),), -1.0)
+    return torch.tensor([float(any(s < b and e > a for a, b in support)) for s, e in r.offsets])
+
+
+def touched(r: Read, spans: list[tuple[int, int]], support: list) -> float | None:
+    """support_recall of one pick: the share of supporting-fact sentences that a picked token
+    overlaps (None without supporting facts)."""
+    if not support:
+        return None
+    chars = [r.offsets[i] for a, b in spans for i in range(a, b)]
+    return sum(any(s < e2 and e > s2 for s, e in chars) for s2, e2 in support) / len(support)
+
+
 class PickModel(torch.nn.Module):
-    """Rates every context token (a logit: answer-bearing or not), reading the whole context.
+    """Rates every context token, reading the whole context: two logits per token, answer-
+    bearing and inside a supporting-fact sentence (the multi-hop evidence; trained where a
+    dataset has supporting facts). The pick ranks tokens by answer + support_weight * support.
 
     Per token the input is its cheap features (standardised), the codebook model's frozen input
     embedding of the token, the mean embedding of the question's tokens, and the best cosine
@@ -173,14 +237,14 @@ class PickModel(torch.nn.Module):
     runs over the context, and a small MLP rates each position. The embedding table is the
     codebook model's own (looked up, never run: `set_embeddings`), so it is not saved here."""
 
-    def __init__(self, hidden: int = 64, d_embed: int = 0):
+    def __init__(self, hidden: int = 64, d_embed: int = 0, support_weight: float = 0.0):
         super().__init__()
-        self.d_embed, self.E = d_embed, None
+        self.d_embed, self.E, self.support_weight = d_embed, None, support_weight
         n_in = N_FEATURES + 2 * d_embed + 1
         self.inp = torch.nn.Linear(n_in, hidden)
         self.gru = torch.nn.GRU(hidden, hidden, batch_first=True, bidirectional=True)
         self.out = torch.nn.Sequential(torch.nn.Linear(3 * hidden, hidden), torch.nn.GELU(),
-                                       torch.nn.Linear(hidden, 1))
+                                       torch.nn.Linear(hidden, 2))
         self.register_buffer("mean", torch.zeros(N_FEATURES))
         self.register_buffer("std", torch.ones(N_FEATURES))
 
@@ -190,30 +254,79 @@ class PickModel(torch.nn.Module):
             raise ValueError(f"pick: embeddings of width {E.shape[1]}, the model was built for {self.d_embed}")
         self.E = torch.nn.functional.normalize(E.float(), dim=-1)
 
-    def inputs(self, r: "Read") -> torch.Tensor:
-        """[T, n_in] for one read context."""
-        x = (r.features - self.mean) / self.std
-        e, q = self.E[torch.tensor(r.ids)], self.E[torch.tensor(r.q_ids or [0])]
+    def inputs(self, r: "Read", a: int = 0, b: int | None = None) -> torch.Tensor:
+        """[b - a, n_in] for tokens a..b of one read context (default: all)."""
+        x = (r.features[a:b] - self.mean) / self.std
+        e, q = self.E[torch.tensor(r.ids[a:b])], self.E[torch.tensor(r.q_ids or [0])]
         sim = (e @ q.T).max(-1, keepdim=True).values
-        return torch.cat([x, e, q.mean(0).expand(len(r.ids), -1), sim], -1)
+        return torch.cat([x, e, q.mean(0).expand(len(e), -1), sim], -1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, T, n_in] -> logits [B, T]."""
+    def forward(self, x: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
+        """x [B, T, n_in] -> logits [B, T, 2] (answer, support). The GRU reads windows of CHUNK
+        tokens (a long context is cut into windows, run side by side: CHUNK sequential steps
+        however long the context; what spans windows, the features carry). With `lengths`
+        (each row's real tokens) padding is never read (packed sequences: exact, and slow to
+        train on CPU); without, rows are read padded (the fit: batches of similar lengths)."""
+        B, T, _ = x.shape
+        n = -(-T // CHUNK)
+        x = torch.nn.functional.pad(x, (0, 0, 0, n * CHUNK - T)).reshape(B * n, CHUNK, -1)
         h = torch.nn.functional.gelu(self.inp(x))
-        o, _ = self.gru(h)
-        return self.out(torch.cat([o, h], -1)).squeeze(-1)
+        if lengths is None:
+            o, _ = self.gru(h)
+        else:
+            real = torch.tensor([min(max(L - k * CHUNK, 1), CHUNK) for L in lengths for k in range(n)])
+            packed = torch.nn.utils.rnn.pack_padded_sequence(h, real, batch_first=True, enforce_sorted=False)
+            o, _ = torch.nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=CHUNK)
+        return self.out(torch.cat([o, h], -1)).reshape(B, n * CHUNK, 2)[:, :T]
+
+    def logits(self, r: "Read") -> torch.Tensor:
+        """[T, 2] for one read context."""
+        with torch.no_grad():
+            return self(self.inputs(r)[None], [len(r.ids)])[0]
 
     def score(self, r: "Read") -> list[float]:
         if not r.ids:
             return []
-        with torch.no_grad():
-            return self(self.inputs(r)[None])[0].tolist()
+        logits = self.logits(r)
+        return (logits[:, 0] + self.support_weight * logits[:, 1]).tolist()
+
+
+def batches(lengths: list[int], batch: int, g: torch.Generator) -> list[list[int]]:
+    """Shuffled batches of similar lengths (little padding): a random order, sorted by length
+    within windows of 16 batches, cut into batches, the batches shuffled."""
+    order, out = torch.randperm(len(lengths), generator=g).tolist(), []
+    for w in range(0, len(order), 16 * batch):
+        window = sorted(order[w:w + 16 * batch], key=lambda k: lengths[k])
+        out += [window[i:i + batch] for i in range(0, len(window), batch)]
+    return [out[k] for k in torch.randperm(len(out), generator=g).tolist()]
+
+
+def windows(labels: list[torch.Tensor], g: torch.Generator, keep: int = 2) -> list[tuple[int, int]]:
+    """(context, start) of the CHUNK-token windows one epoch trains on: every window of a context
+    of at most `keep` + 1 windows; of a longer one (ten HotpotQA paragraphs) up to `keep` windows
+    that hold a positive label and one that holds none, drawn anew each epoch (the distractor
+    windows are seen, a few at a time)."""
+    out = []
+    for k, y in enumerate(labels):
+        n = -(-len(y) // CHUNK)
+        if n <= keep + 1:
+            out += [(k, w * CHUNK) for w in range(n)]
+            continue
+        hit = [bool((y[w * CHUNK:(w + 1) * CHUNK] == 1).any()) for w in range(n)]
+        pos, neg = [w for w in range(n) if hit[w]], [w for w in range(n) if not hit[w]]
+        chosen = [pos[i] for i in torch.randperm(len(pos), generator=g)[:keep].tolist()]
+        chosen += [neg[i] for i in torch.randperm(len(neg), generator=g)[:1].tolist()]
+        out += [(k, w * CHUNK) for w in sorted(chosen)]
+    return out
 
 
 def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epochs: int = 6,
         batch: int = 64, lr: float = 3e-3, seed: int = 0, log=print) -> float:
-    """AdamW on the token BCE over shuffled batches of contexts (the rare answer tokens
-    weighted by sqrt(negatives / positives)). Returns the last epoch's mean loss."""
+    """AdamW on the token BCE of both heads (labels[k]: [T, 2], answer and support; a support
+    label of -1 is unknown and masked), the rare positives weighted by sqrt(negatives /
+    positives), over CHUNK-token windows (`windows`: a long context gives a few per epoch).
+    Inputs are built batch by batch, so memory grows with the pool's tokens only through the
+    cached features. Returns the last epoch's mean loss."""
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
@@ -221,38 +334,45 @@ def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epoch
     for m in model.modules():  # the same seed gives the same start, whatever ran before
         if m is not model and hasattr(m, "reset_parameters"):
             m.reset_parameters()
-    X = torch.cat([r.features for r in reads])
-    model.mean.copy_(X.mean(0))
-    model.std.copy_(X.std(0).clamp_min(1e-3))
-    inputs = [model.inputs(r) for r in reads]
-    y = torch.cat(labels)
-    pos_weight = ((1 - y).sum() / y.sum().clamp_min(1)).sqrt()
+    n_tok = sum(len(r.ids) for r in reads)
+    mean = sum(r.features.double().sum(0) for r in reads) / n_tok
+    var = sum(((r.features.double() - mean) ** 2).sum(0) for r in reads) / max(n_tok - 1, 1)
+    model.mean.copy_(mean.float())
+    model.std.copy_(var.sqrt().float().clamp_min(1e-3))
+    pos = sum((y == 1).sum(0) for y in labels).float()
+    known = sum((y >= 0).sum(0) for y in labels).float()
+    pos_weight = ((known - pos) / pos.clamp_min(1)).sqrt()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
     pad = torch.nn.utils.rnn.pad_sequence
     total = 0.0
     for epoch in tqdm(range(epochs), desc="pick fit", unit="epoch", disable=None):
-        order, total, n = torch.randperm(len(reads), generator=g).tolist(), 0.0, 0
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            x = pad([inputs[k] for k in idx], batch_first=True)
-            t = pad([labels[k] for k in idx], batch_first=True)
-            mask = pad([torch.ones(len(labels[k])) for k in idx], batch_first=True)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), t, pos_weight=pos_weight,
+        total, n = 0.0, 0
+        items = windows(labels, g)
+        for idx in batches([min(CHUNK, len(labels[k]) - a) for k, a in items], batch, g):
+            x = pad([model.inputs(reads[k], a, a + CHUNK) for k, a in (items[i] for i in idx)], batch_first=True)
+            t = pad([labels[k][a:a + CHUNK] for k, a in (items[i] for i in idx)], batch_first=True, padding_value=-1.0)
+            mask = (t >= 0).float()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), t.clamp_min(0), pos_weight=pos_weight,
                                                                         reduction="none")
-            loss = (loss * mask).sum() / mask.sum()
+            loss = (loss * mask).sum() / mask[..., 0].sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total, n = total + loss.item() * len(idx), n + len(idx)
         total /= max(n, 1)
-    log(f"pick: fitted on {len(y)} tokens of {len(reads)} contexts ({int(y.sum())} answer tokens), BCE {total:.4f}")
+        log(f"pick: epoch {epoch + 1}/{epochs}, {len(items)} windows, BCE {total:.4f}")
+    log(f"pick: fitted on {n_tok} tokens of {len(reads)} contexts ({int(pos[0])} answer tokens, "
+        f"{int(pos[1])} of {int(known[1])} in supporting facts), BCE {total:.4f}")
     return total
 
 
-def spans_for(scores: list[float], sentence: list[int], M: int, span: int) -> list[tuple[int, int]]:
+def spans_for(scores: list[float], sentence: list[int], M: int, span: int,
+              paragraph: list[int] | None = None, cover: int = 0) -> list[tuple[int, int]]:
     """Token spans [a, b) filling M positions (a separator between non-adjacent spans takes
     one): around the best-rated uncovered token, `span` wide and inside its sentence, best
-    first. -> sorted, non-overlapping spans."""
+    first. With `cover` > 1 the first spans go to that many different paragraphs (the best
+    token of each next paragraph: a bridge paragraph of a two-hop question gets a span before
+    the best paragraph gets its second). -> sorted, non-overlapping spans."""
     T = len(scores)
     if T <= M:
         return [(0, T)] if T else []
@@ -263,12 +383,12 @@ def spans_for(scores: list[float], sentence: list[int], M: int, span: int) -> li
         sp = sorted(sp)
         return sum(b - a for a, b in sp) + sum(1 for x, y in zip(sp, sp[1:]) if x[1] < y[0])
 
-    for i in order:
-        if any(a <= i < b for a, b in spans):
-            continue
+    def place(i) -> bool:
+        """Add the span around token i (merged, trimmed to the budget); False once full."""
+        nonlocal spans
         left = M - cost(spans)
         if left <= 1 and spans:
-            break
+            return False
         s = sentence[i]
         lo = i
         while lo > 0 and sentence[lo - 1] == s:
@@ -298,6 +418,24 @@ def spans_for(scores: list[float], sentence: list[int], M: int, span: int) -> li
             trial = merged + [new]
         if cost(trial) <= M:
             spans = trial
+        return True
+
+    need = min(cover, len(set(paragraph))) if paragraph else 0
+    if need > 1:  # first pass: the best token of each paragraph not yet covered
+        covered: set[int] = set()
+        for i in order:
+            if len(covered) >= need:
+                break
+            if paragraph[i] in covered or any(a <= i < b for a, b in spans):
+                continue
+            if not place(i):
+                return sorted(spans)
+            covered = {paragraph[k] for a, b in spans for k in range(a, b)}
+    for i in order:
+        if any(a <= i < b for a, b in spans):
+            continue
+        if not place(i):
+            break
     return sorted(spans)
 
 

@@ -1,6 +1,8 @@
 """prepare-mix stage: params.data -> data/mix/{train,eval,pool}.jsonl + metrics/data.json.
 
-pool.jsonl: up to data.pick_pool train-split examples (never an eval title) for the `pick` stage.
+pool.jsonl: up to data.pick_pool train-split examples (never an eval title, never one of the
+curriculum's dev rows) for the `pick` stage. Contexts are capped by an answer-blind rule
+(data.cut_context); metrics/data.json says per dataset how many answers the cap left in.
 
     python -m latentwire.prepare --params params.yaml --out data/mix --metrics metrics/data.json
 
@@ -28,19 +30,23 @@ def main(params_path="params.yaml", out_dir="data/mix", metrics_path="metrics/da
                              "squad/, hotpotqa/, natural_questions/ (or data.root in params.yaml)")
     loaded, stats = {}, {}
     for name, cfg in params.data.datasets.items():
-        loaded[name], stats[name] = data.load(name, cfg, root, params.data.max_context_chars)
+        examples, stats[name] = data.load(name, cfg, root, params.data.max_context_chars)
+        train_only = None
+        if cfg.train_path or (cfg.source == "hub" and cfg.hub_train_split):
+            train_only, stats[name]["train_source"] = data.load(
+                name, cfg, root, params.data.max_context_chars, train=True, avoid_titles=data.gold_titles(examples))
+        loaded[name] = (examples, train_only)
     train, evals, info = data.make_mix(params.data, loaded, params.seed)
-    pool = data.pick_pool(params.data, loaded, params.seed)
+    dev = data.split_dev([ex.to_dict() for ex in train], params.train.dev_examples, params.seed)[1]
+    pool = data.pick_pool(params.data, loaded, params.seed, exclude=frozenset(r["id"] for r in dev))
 
     metrics = {name: {**info["datasets"][name], **stats[name]} for name in loaded}
     notes = info["notes"]
     for name, m in metrics.items():
-        if m["eval_only"] and "hotpot" in name and params.data.datasets[name].source == "local":
-            notes.append(f"{name}: only {m['total']} HotpotQA examples exist offline (the explorer sample); "
-                         "the full dev set is on the hub (hotpotqa/hotpot_qa, config distractor)")
+        cap = params.data.datasets[name].max_context_chars or params.data.max_context_chars
         if m["context_cut"]:
-            notes.append(f"{name}: {m['context_cut']} contexts cut to {params.data.max_context_chars} chars "
-                         "around the answer")
+            notes.append(f"{name}: {m['context_cut']} contexts capped at {cap} chars (whole paragraphs, answer-blind); "
+                         f"the answer is in {m['answer_in_context']} of {m['total']}")
     metrics["pick_pool"] = {name: sum(ex.dataset == name for ex in pool) for name in loaded}
     metrics["notes"] = notes
 
@@ -57,7 +63,8 @@ def main(params_path="params.yaml", out_dir="data/mix", metrics_path="metrics/da
     for name in loaded:
         m = metrics[name]
         print(f"{name:10s} total {m['total']:6d}  train {m['train']:4d}  eval {m['eval']:4d}"
-              f"  eval_only {m['eval_only']!s:5s}  cut {m['context_cut']:4d}  skipped {m['skipped']}")
+              f"  eval_only {m['eval_only']!s:5s}  cut {m['context_cut']:4d}  answer in context "
+              f"{m['answer_in_context_share']:.3f}  skipped {m['skipped']}")
     for note in notes:
         print("note:", note)
     return metrics
@@ -78,5 +85,5 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(
         prog="python -m latentwire.prepare",
         description="Read the QA datasets in params.data (local files under data.root or $LATENTWIRE_DATA, "
-                    "or the HF hub), cut long contexts, split by title and write the train/eval mix.")
+                    "or the HF hub), cap long contexts (answer-blind), split by title and write the train/eval mix.")
     run(add_args(p).parse_args())

@@ -7,7 +7,7 @@
 One row per model x dataset: F1 / EM of the three text baselines and of the latent at each
 precision, the wire bytes per model and text_over_wire at the reported precision (the metrics'
 reported_bits = wire.bits), tokens_over_M, and the collapse diagnostics (distinct_ratio of the
-latent predictions at the reported precision, z_pairwise_cosine). The deltas are DVC's own
+latent predictions at the reported precision, soft_pairwise_cosine). The deltas are DVC's own
 (`dvc metrics diff`, workspace minus --base); revisions are never read here. Markdown goes to
 stdout, so `python -m latentwire report --base main > review.md` is the whole PR comment.
 """
@@ -52,7 +52,8 @@ def columns(precs, prec: str, present: set[str] | None = None) -> list[tuple[str
              (f"text/wire ({prec})", [f"bytes.{prec}.text_over_wire"], "{:.2f}"),
              ("tokens/M", ["tokens_over_M"], "{:.2f}"),
              (f"distinct ({prec})", [f"latent_{prec}.distinct_ratio"], "{:.2f}"),
-             ("Z cos", ["z_pairwise_cosine"], "{:.3f}")]
+             ("positions text/latent", ["positions.text_over_latent"], "{:.1f}"),
+             ("Z cos", ["soft_pairwise_cosine"], "{:.3f}")]
     return cols
 
 
@@ -149,14 +150,17 @@ def ci_section(metrics: dict, pairs, prec: str) -> list[str]:
 
 def pick_section(metrics: dict) -> list[str]:
     """The share of eval questions whose gold answer lies wholly in the picked tokens, beside the
-    M-token cut, the lexical prior and a random window of the same size."""
+    M-token cut, the lexical prior and a random window of the same size; the share whose answer
+    is in the (capped) context at all; and the share of supporting-fact sentences the pick touches."""
     picks = metrics.get("pick")
     if not picks:
         return []
-    keys = ("pick_recall", "m_token_cut", "lexical", "random")
-    rows = [[ds, f"{r['n']}"] + [f"{r[k]:.2f}" for k in keys] for ds, r in sorted(picks.items())]
-    return ["", f"### Pick recall at M = {metrics.get('M')}: gold answer wholly inside the selection", ""] + \
-        table(["dataset", "n", "the pick", "first M tokens", "lexical window", "random window"], rows, 1)
+    keys = ("answer_in_context", "pick_recall", "support_recall", "m_token_cut", "lexical", "random")
+    rows = [[ds, f"{r['n']}", f"{r.get('M', metrics.get('M'))}"] + [fmt(r.get(k), "{:.2f}") for k in keys]
+            for ds, r in sorted(picks.items())]
+    return ["", "### Pick recall at M positions: gold answer wholly inside the selection", ""] + \
+        table(["dataset", "n", "M", "answer in context", "the pick", "supporting facts touched", "first M tokens",
+               "lexical window", "random window"], rows, 1)
 
 
 def delta_section(base: str, metrics_path: str, header: list[str], cols, pairs) -> list[str]:

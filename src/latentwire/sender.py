@@ -8,9 +8,11 @@ packs their ids, 16 bits each, into a payload (`payload.py`). The question is no
 payload: it travels beside it as text, in every variant alike.
 
 The stage computes the pick's features once for the train-split pool (data/pick/features.
-safetensors, reused while the pool, tokenizer and pick.py are unchanged), fits the pick model
-on all but a title-held-out tenth of the pool, and reports that tenth's pick_recall in
-metrics/pick.json.
+safetensors, reused while the pool, tokenizer, pick.max_tokens and pick.py are unchanged), fits
+the pick model on all but a title-held-out tenth of the pool, chooses how the pick spends its
+positions (span width, the support head's weight, paragraph coverage) on that tenth at pick.dev_M, and
+reports the tenth's pick_recall and support_recall in metrics/pick.json. Nothing here reads the
+eval mix.
 """
 from __future__ import annotations
 
@@ -48,8 +50,10 @@ class Picked:
 class Sender:
     """question + context -> payload bytes. Load once (`Sender.load`), then `send` per prompt."""
 
-    def __init__(self, tokenizer, model: pick.PickModel, M: int, span: int, max_tokens: int = 1024):
+    def __init__(self, tokenizer, model: pick.PickModel, M: int, span: int, max_tokens: int = 2048,
+                 cover: int = 0):
         self.tokenizer, self.model, self.M, self.span, self.max_tokens = tokenizer, model, M, span, max_tokens
+        self.cover = cover
         self.codebook = payload.fingerprint(tokenizer.get_vocab())
         sep = tokenizer(pick.SEPARATOR, add_special_tokens=False)["input_ids"]
         self.sep_id = sep[0]
@@ -62,27 +66,41 @@ class Sender:
             state = load_file(str(folder / "pick.safetensors"))
         except (OSError, ValueError) as e:
             raise ValueError(f"{folder}: no trained pick ({e}): run `dvc repro pick`") from None
-        model = pick.PickModel(meta["hidden"], meta["d_embed"])
+        if meta.get("features") != list(pick.FEATURES):
+            raise ValueError(f"{folder}: the pick was fitted on other features than pick.py reads: "
+                             "run `dvc repro pick`")
+        model = pick.PickModel(meta["hidden"], meta["d_embed"], meta["support_weight"])
         model.load_state_dict(state)
         model.set_embeddings(load_embeddings(params))
         model.eval()
-        return cls(load_tokenizer(params), model, M or params.stage3.M, params.pick.span,
-                   params.pick.max_tokens)
+        return cls(load_tokenizer(params), model, M or params.stage3.M, meta["span"],
+                   params.pick.max_tokens, meta["cover"])
 
     def pick(self, question: str, context: str, M: int | None = None) -> Picked:
         r = pick.read(self.tokenizer, question, context, self.max_tokens)
-        spans = pick.spans_for(self.model.score(r), r.sentence, M or self.M, self.span)
+        return self.spend(r, self.model.score(r), M or self.M)
+
+    def spend(self, r: pick.Read, scores: list[float], M: int) -> Picked:
+        """The spans that fill M positions for these token scores, and their ids."""
+        spans = pick.spans_for(scores, r.sentence, M, self.span, r.paragraph, self.cover)
         return Picked(pick.picked_ids(r, spans, self.sep_id), spans, r)
 
     def send(self, question: str, context: str) -> bytes:
         if not context.strip():
             raise ValueError("send: the context is empty")
         return payload.pack(payload.Latent(payload.KIND_IDS, 16, None, ids=self.pick(question, context).ids),
-                            self.codebook)
+                            self.codebook, self.limits())
 
     def decode(self, ids: list[int]) -> str:
         """The picked tokens as plain text (the selected_text baselines)."""
         return self.tokenizer.decode(ids).strip()
+
+    def limits(self, M: int | None = None) -> payload.Limits:
+        """What a receiver of this codebook accepts (payload.unpack): at most M ids, each a token
+        of the tokenizer and none of its special or control tokens."""
+        t = self.tokenizer
+        special = set(t.all_special_ids) | {i for i, a in t.added_tokens_decoder.items() if a.special}
+        return payload.Limits(len(t), M or self.M, frozenset(special))
 
 
 def load_tokenizer(params: Params):
@@ -107,22 +125,24 @@ def load_embeddings(params: Params) -> torch.Tensor:
 
 # ---------------------------------------------------------------- the `pick` stage
 
-def features_key(pool_path: Path, tokenizer) -> str:
+def features_key(pool_path: Path, tokenizer, max_tokens: int) -> str:
+    """What the cached features are computed from: the pool, pick.py, the codebook, max_tokens."""
     h = hashlib.sha256(pool_path.read_bytes())
     h.update(Path(pick.__file__).read_bytes())
     h.update(str(payload.fingerprint(tokenizer.get_vocab())).encode())
+    h.update(f"max_tokens={max_tokens}".encode())
     return h.hexdigest()[:16]
 
 
 def pool_features(rows: list[dict], tokenizer, path: Path, key: str, max_tokens: int):
     """(reads, labels) for the pool: from the cache at `path` when its key matches, else
-    computed and saved there (features, token ids, question ids and answer labels)."""
+    computed and saved there (features, token ids, question ids, answer and support labels)."""
     try:
         c = load_file(str(path))
         if bytes(c["key"].tolist()).decode() == key:
             print(f"pick: reused features {path}")
             split = lambda t, n: torch.split(t, n.tolist())  # noqa: E731
-            reads = [pick.Read(i.tolist(), [], [], f, q.tolist()) for f, i, q in
+            reads = [pick.Read(i.tolist(), [], [], f.float(), q.tolist()) for f, i, q in
                      zip(split(c["features"], c["lengths"]), split(c["ids"], c["lengths"]),
                          split(c["q_ids"], c["q_lengths"]))]
             return reads, list(split(c["y"], c["lengths"]))
@@ -130,10 +150,13 @@ def pool_features(rows: list[dict], tokenizer, path: Path, key: str, max_tokens:
         pass
     reads, labels = [], []
     for r in tqdm(rows, desc="pick features", unit="ex", disable=None):
-        reads.append(pick.read(tokenizer, r["question"], r["context"], max_tokens))
-        labels.append(pick.answer_labels(reads[-1], r["context"], r["answers"]))
+        rd = pick.read(tokenizer, r["question"], r["context"], max_tokens)
+        labels.append(torch.stack([pick.answer_labels(rd, r["context"], r["answers"]),
+                                   pick.support_labels(rd, r.get("support", []))], -1))
+        # as the cache stores them (float16), so a fresh and a reused fit see the same numbers
+        reads.append(pick.Read(rd.ids, [], [], rd.features.half().float(), rd.q_ids))
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"features": torch.cat([r.features for r in reads]),
+    blob = {"features": torch.cat([r.features for r in reads]).half(),
             "ids": torch.tensor([i for r in reads for i in r.ids]),
             "lengths": torch.tensor([len(r.ids) for r in reads]),
             "q_ids": torch.tensor([i for r in reads for i in r.q_ids]),
@@ -144,13 +167,52 @@ def pool_features(rows: list[dict], tokenizer, path: Path, key: str, max_tokens:
     return reads, labels
 
 
-def recall(sender: Sender, rows: list[dict], M: int) -> dict[str, float]:
-    """pick_recall per dataset: the gold answer wholly inside one picked span."""
-    hits: dict[str, list[bool]] = {}
-    for r in rows:
-        p = sender.pick(r["question"], r["context"], M)
-        hits.setdefault(r["dataset"], []).append(pick.contains_answer(p.texts(r["context"]), r["answers"]))
-    return {ds: sum(h) / len(h) for ds, h in sorted(hits.items())}
+def recall(sender: Sender, rows: list[dict], M: int, support_weight: float | None = None,
+           cover: int | None = None, scored: list | None = None) -> dict[str, dict[str, float]]:
+    """Per dataset: pick_recall (the gold answer wholly inside one picked span) and, where
+    the rows have supporting facts, support_recall. support_weight / cover: score and spend
+    as these (default: the sender's own); scored: precomputed (read, [answer, support] logits)."""
+    w = sender.model.support_weight if support_weight is None else support_weight
+    old, sender.cover = sender.cover, sender.cover if cover is None else cover
+    hits: dict[str, dict[str, list]] = {}
+    try:
+        for k, r in enumerate(rows):
+            rd, logits = scored[k] if scored else (pick.read(sender.tokenizer, r["question"], r["context"],
+                                                             sender.max_tokens), None)
+            if logits is None:
+                logits = sender.model.logits(rd)
+            p = sender.spend(rd, (logits[:, 0] + w * logits[:, 1]).tolist(), M)
+            h = hits.setdefault(r["dataset"], {"pick_recall": [], "support_recall": []})
+            h["pick_recall"].append(pick.contains_answer(p.texts(r["context"]), r["answers"]))
+            sup = pick.touched(rd, p.spans, r.get("support", []))
+            if sup is not None:
+                h["support_recall"].append(sup)
+    finally:
+        sender.cover = old
+    return {ds: {k: sum(v) / len(v) for k, v in h.items() if v} for ds, h in sorted(hits.items())}
+
+
+SUPPORT_WEIGHTS, COVERS = (0.0, 0.5, 1.0), (0, 2)
+
+
+def choose_spending(sender: Sender, dev: list[dict], M: int, spans: list[int]) -> tuple[dict, list[dict]]:
+    """The span width, support weight and paragraph coverage with the best mean pick_recall
+    over the dev datasets (ties: the first), and the whole grid."""
+    scored = []
+    for r in dev:
+        rd = pick.read(sender.tokenizer, r["question"], r["context"], sender.max_tokens)
+        scored.append((rd, sender.model.logits(rd)))
+    grid, span = [], sender.span
+    for sender.span in spans:
+        for w in SUPPORT_WEIGHTS:
+            for c in COVERS:
+                res = recall(sender, dev, M, w, c, scored)
+                mean = sum(v["pick_recall"] for v in res.values()) / max(len(res), 1)
+                grid.append({"span": sender.span, "support_weight": w, "cover": c, "mean_pick_recall": mean,
+                             "per_dataset": res})
+    sender.span = span
+    best = max(grid, key=lambda g: g["mean_pick_recall"])  # max keeps the first of equals
+    return best, grid
 
 
 def main(params_path: str = "params.yaml", pool_path: str = "data/mix/pool.jsonl",
@@ -163,7 +225,7 @@ def main(params_path: str = "params.yaml", pool_path: str = "data/mix/pool.jsonl
     if not rows:
         raise ValueError(f"{pool_path}: no examples to train the pick on")
     tokenizer = load_tokenizer(params)
-    key = features_key(Path(pool_path), tokenizer)
+    key = features_key(Path(pool_path), tokenizer, pp.max_tokens)
     reads, labels = pool_features(rows, tokenizer, Path(features_path), key, pp.max_tokens)
     # a tenth of the pool's titles held out to report the pick's recall
     held = [is_eval_title("pick-dev:" + r["title"], 0.1) for r in rows]
@@ -173,18 +235,25 @@ def main(params_path: str = "params.yaml", pool_path: str = "data/mix/pool.jsonl
     loss = pick.fit(model, [r for r, h in zip(reads, held) if not h], [y for y, h in zip(labels, held) if not h],
                     pp.epochs, pp.batch_size, pp.lr, seed=params.seed)
     model.eval()
-    sender = Sender(tokenizer, model, params.stage3.M, pp.span, pp.max_tokens)
+    sender = Sender(tokenizer, model, pp.dev_M, pp.spans[0], pp.max_tokens)
     dev = [r for r, h in zip(rows, held) if h]
+    best, grid = choose_spending(sender, dev, pp.dev_M, pp.spans)
+    model.support_weight, sender.cover, sender.span = best["support_weight"], best["cover"], best["span"]
     metrics = {"pool": len(rows), "train_examples": len(rows) - len(dev), "dev_examples": len(dev),
-               "answer_tokens": int(sum(y.sum() for y in labels)), "loss": loss, "M": params.stage3.M, "span": pp.span,
-               "dev_pick_recall": recall(sender, dev, params.stage3.M)}
+               "answer_tokens": int(sum((y[:, 0] == 1).sum() for y in labels)),
+               "support_tokens": int(sum((y[:, 1] == 1).sum() for y in labels)), "loss": loss,
+               "M": pp.dev_M, "span": best["span"], "support_weight": best["support_weight"], "cover": best["cover"],
+               "dev_recall": best["per_dataset"], "dev_grid": grid}
     with atomic_dir(Path(out)) as tmp_folder:  # both files swap in together
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_folder / "pick.safetensors"))
         write_json(tmp_folder / "meta.json", {"hidden": pp.hidden, "d_embed": E.shape[1],
-                                          "features": list(pick.FEATURES), "codebook": sender.codebook})
+                                          "features": list(pick.FEATURES), "codebook": sender.codebook,
+                                          "span": best["span"], "support_weight": best["support_weight"],
+                                          "cover": best["cover"]})
     metrics["wall_s"] = round(time.time() - t0, 1)
     write_json(metrics_path, metrics)
-    print(f"pick: dev pick_recall at M={params.stage3.M} {metrics['dev_pick_recall']}, {metrics['wall_s']:.0f}s")
+    print(f"pick: span {best['span']}, support_weight {best['support_weight']}, cover {best['cover']}: dev recall at M={pp.dev_M} "
+          f"{metrics['dev_recall']}, {metrics['wall_s']:.0f}s")
     return metrics
 
 

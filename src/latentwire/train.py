@@ -38,6 +38,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from . import launch, placement
 from .config import Params, load_params
+from .data import split_dev
 from .io import (atomic_dir, atomic_path, package_sha256, peak_rss_mb, read_jsonl, restore_dir, sha256_of,
                  write_json, write_text)
 from .kd import cache_key, load_cache, teacher_hash
@@ -48,13 +49,6 @@ from .signals import StopRequest, stop_requests
 
 PREVIOUS = {"stage1": None, "stage2": "stage1", "stage3": "stage2"}
 logging.getLogger("dvclive").setLevel(logging.ERROR)  # quiet: no dvclive notices in the stage log
-
-
-def split_dev(rows: list[dict], n_dev: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """A fixed dev slice of the train mix for adaptive K and best-checkpoint selection."""
-    order = sorted(rows, key=lambda r: r["id"])
-    random.Random(seed).shuffle(order)
-    return order[n_dev:], order[:n_dev]
 
 
 def balanced_batches(rows: list[dict], batch_size: int, seed: int) -> list[list[dict]]:

@@ -70,9 +70,7 @@ class LatentReceiver:
 
     @torch.inference_mode()
     def receive(self, data: bytes, question: str) -> str:
-        latent = payload.unpack(data, self.lw.codec.codebook)
-        if latent.n > self.lw.M and self.params.encoder.kind == "ids":
-            raise payload.PayloadError(f"payload has {latent.n} slots, more than M = {self.lw.M}")
+        latent = payload.unpack(data, self.lw.codec.codebook, self.lw.codec.limits)
         soft = self.lw.codec.soft(self.llm.slot, latent)
         out = self.rec.generate([self.rec.rest(soft, question)], self.params.evaluate.max_new_tokens)
         return clean(out[0])

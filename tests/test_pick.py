@@ -1,0 +1,95 @@
+"""The pick's parts without a model: reading (features, paragraphs), spending M positions
+(spans, paragraph coverage), the multi-hop labels and what a pick is judged by."""
+import torch
+
+from latentwire import pick
+
+
+class Chars:
+    """A stand-in tokenizer: one token per character (offsets are exact)."""
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False, split_special_tokens=False):
+        out = {"input_ids": [ord(c) % 97 for c in text]}
+        if return_offsets_mapping:
+            out["offset_mapping"] = [(i, i + 1) for i in range(len(text))]
+        return out
+
+
+def test_read_marks_paragraphs_and_the_question_paragraph():
+    ctx = "Rome: Rome is old.\nParis: The Seine flows through Paris.\nOslo: Oslo is cold."
+    r = pick.read(Chars(), "Which river flows through Paris?", ctx)
+    assert len(r.ids) == len(ctx) + 1 == len(r.paragraph)  # " " + context, as after "Context:"
+    assert sorted(set(r.paragraph)) == [0, 1, 2] and r.paragraph == sorted(r.paragraph)
+    col = {f: r.features[:, k] for k, f in enumerate(pick.FEATURES)}
+    in_paris = torch.tensor([p == 1 for p in r.paragraph])
+    assert bool(col["para_top1"][in_paris].all()) and not bool(col["para_top1"][~in_paris].any())
+    assert col["title"][1 + ctx.index("Paris:")] == 1 and col["title"][1 + ctx.index("The Seine")] == 0
+
+
+def test_cover_spends_the_first_spans_on_two_paragraphs():
+    # paragraph 0 holds every high score; paragraph 1 has one weaker peak (the bridge)
+    T = 60
+    scores = [0.0] * T
+    for i in (5, 12, 20, 25):
+        scores[i] = 10.0 - i / 10
+    scores[45] = 3.0
+    sentence = [i // 10 for i in range(T)]
+    paragraph = [0 if i < 30 else 1 for i in range(T)]
+    plain = pick.spans_for(scores, sentence, 12, 5, paragraph, cover=0)
+    both = pick.spans_for(scores, sentence, 12, 5, paragraph, cover=2)
+    assert {paragraph[a] for a, _ in plain} == {0}
+    assert {paragraph[a] for a, _ in both} == {0, 1} and any(a <= 45 < b for a, b in both)
+    for spans in (plain, both):  # the budget holds, separators included
+        gaps = sum(1 for x, y in zip(spans, spans[1:]) if x[1] < y[0])
+        assert sum(b - a for a, b in spans) + gaps <= 12
+    one_para = pick.spans_for(scores, sentence, 12, 5, [0] * T, cover=2)
+    assert one_para == pick.spans_for(scores, sentence, 12, 5, [0] * T, cover=0)
+
+
+def test_support_labels_and_support_recall():
+    ctx = "Alpha is here. Beta is there. Gamma."
+    r = pick.read(Chars(), "Where is Beta?", ctx)
+    beta = (ctx.index("Beta"), ctx.index("there.") + 6)
+    y = pick.support_labels(r, [list(beta)])
+    a, b = 1 + beta[0], 1 + beta[1]  # token i + 1 is character i (" " + context)
+    assert y[a:b].eq(1).all() and y[:a].eq(0).all() and y[b:].eq(0).all()
+    assert pick.support_labels(r, []).eq(-1).all()  # unknown: masked out of the loss
+    assert pick.touched(r, [(a, a + 2)], [list(beta), [0, 5]]) == 0.5
+    assert pick.touched(r, [(0, 3)], []) is None
+
+
+def test_the_gru_windows_match_one_pass_on_short_contexts():
+    torch.manual_seed(0)
+    m = pick.PickModel(hidden=8, d_embed=4)
+    x = torch.randn(2, 40, pick.N_FEATURES + 9)
+    h = torch.nn.functional.gelu(m.inp(x))
+    o, _ = m.gru(h)
+    want = m.out(torch.cat([o, h], -1))
+    assert torch.allclose(m(x, [40, 40]), want, atol=1e-6)  # with lengths: exactly one pass
+    long = torch.randn(1, pick.CHUNK + 7, pick.N_FEATURES + 9)
+    assert m(long).shape == (1, pick.CHUNK + 7, 2)
+    # padding is never read: a row padded in a batch rates its tokens as it does alone
+    padded = torch.cat([x[:1, :30], torch.zeros(1, 10, x.shape[-1])], 1)
+    assert torch.allclose(m(torch.cat([padded, x[1:]]), [30, 40])[0, :30], m(x[:1, :30], [30])[0], atol=1e-6)
+
+
+def test_length_batches_cover_every_context_once():
+    g = torch.Generator().manual_seed(0)
+    lengths = [5, 500, 7, 480, 6, 490, 8, 470] * 10
+    bs = pick.batches(lengths, 4, g)
+    assert sorted(k for b in bs for k in b) == list(range(len(lengths)))
+    spread = [max(lengths[k] for k in b) - min(lengths[k] for k in b) for b in bs]
+    # similar lengths together: at most one mixed batch per window of 16 batches (2 windows here)
+    assert sum(x > 100 for x in spread) <= 2 and len(bs) == 20
+
+
+def test_long_contexts_train_on_a_few_windows_each():
+    g = torch.Generator().manual_seed(0)
+    T = 6 * pick.CHUNK
+    y = torch.zeros(T, 2)
+    y[3 * pick.CHUNK + 5, 0] = 1  # the answer in window 3
+    short = torch.zeros(pick.CHUNK + 3, 2)
+    items = pick.windows([y, short], g)
+    long_starts = [a for k, a in items if k == 0]
+    assert 3 * pick.CHUNK in long_starts and len(long_starts) == 2  # the answer's window + one without
+    assert [a for k, a in items if k == 1] == [0, pick.CHUNK]  # a short context: all of it
