@@ -224,3 +224,22 @@ def test_a_dataset_with_its_own_M_gets_that_many_positions(project, trained):
     llm = load_frozen("llama", p.models["llama"], p.prompt)
     lw.attach(llm)
     assert lw.codec.soft("llama", la).shape[0] == 20  # slot positions interpolated past the trained M
+
+
+def test_pick_lodo_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
+    """bench/pick_lodo.py must not rot: each dataset left out once, read by a pick fitted on the rest."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pick_lodo", REPO / "bench" / "pick_lodo.py")
+    lodo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lodo)
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows(12, "squad", 100) + rows(12, "nq", 200)))
+    out = tmp_path / "lodo.md"
+    r = lodo.main(["--params", str(project / "params.yaml"), "--pool", str(pool), "--features",
+                   str(tmp_path / "f.safetensors"), "--pick", str(project / "models/pick"), "--n", "5", "--out", str(out)])
+    assert set(r["datasets"]) == {"squad", "nq"}
+    for held, other in (("squad", "nq"), ("nq", "squad")):
+        res = r["datasets"][held]
+        assert res["n"] == 5 and res["fit_on"] == [other] and res["answer_in_context"] == 1.0
+        assert set(res) >= {"pick_recall", "lexical", "first_M"}
+    assert "| squad | nq | 5 |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r

@@ -195,7 +195,7 @@ def receiver(tmp_path_factory, tiny_models, one_thread):
     root = tmp_path_factory.mktemp("receiver")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["models"] = {s: {"source": "local", "path": str(tiny_models[s])} for s in ("llama", "qwen")}
-    raw["pick"].update(span=6, hidden=8, epochs=1)
+    raw["pick"].update(spans=[6], hidden=8, epochs=1)
     raw["stage3"]["M"] = 8
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     fit_pick(root, n=8)

@@ -93,3 +93,25 @@ def test_long_contexts_train_on_a_few_windows_each():
     long_starts = [a for k, a in items if k == 0]
     assert 3 * pick.CHUNK in long_starts and len(long_starts) == 2  # the answer's window + one without
     assert [a for k, a in items if k == 1] == [0, pick.CHUNK]  # a short context: all of it
+
+
+def test_no_input_building_code_reads_an_answer():
+    """The grep, as a test: no function that builds a model input names an answer (a variable,
+    an attribute or a row key), docstrings aside."""
+    import ast
+    import inspect
+    import textwrap
+
+    from latentwire import baselines, data, ids, latent, payload, sender
+    builders = [data.cut_context, data.capped, pick.read, pick.spans_for, pick.picked_ids, sender.Sender.pick,
+                sender.Sender.spend, sender.Sender.send, payload.pack, baselines.text_variants, baselines.cut_tokens,
+                latent.Receiver.rest, ids.IdCodec.pick, ids.IdCodec.latents, ids.IdCodec.ids, ids.IdCodec.soft,
+                ids.IdCodec.selected_text]
+    for f in builders:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(f)))
+        doc = ast.get_docstring(tree.body[0], clean=False)
+        names = [n.id for n in ast.walk(tree) if isinstance(n, ast.Name)]
+        names += [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
+        names += [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                  and n.value != doc]
+        assert not [x for x in names if "answer" in x.lower()], f.__qualname__
