@@ -56,15 +56,21 @@ def project(tmp_path_factory, shared_data):
 
 def test_repro_writes_every_metric(project):
     data = json.loads((project / "metrics/data.json").read_text())
-    assert data["squad"]["eval"] == 3 and data["hotpotqa"]["eval_only"] is True
-    assert data["squad"]["train"] + data["nq"]["train"] == 12
+    assert data["squad"]["eval"] == 3 and data["hotpotqa"]["eval_only"] is False  # trained on (its train file)
+    assert data["hotpotqa_distractor"]["eval_only"] is True
+    assert data["squad"]["train"] + data["hotpotqa"]["train"] + data["nq"]["train"] == 12
     for stage, M in (("stage1", 64), ("stage2", 48), ("stage3", 32)):
         m = json.loads((project / f"metrics/train/{stage}.json").read_text())
         assert m["M"] == M and m["steps"] == 2 and m["best"] is not None
         assert (project / f"models/{stage}/best/model.safetensors").is_file()
     ev = json.loads((project / "metrics/eval.json").read_text())
     # the default sender: 32 ids of 2 bytes + a 5-byte header + a 2-byte checksum at most
-    assert ev["M"] == 32 and ev["wire"]["ids"]["bits"] == 16 and 7 < ev["wire"]["ids"]["max"] <= 71
+    # (hotpotqa_distractor has its own M = 64: 135 B at most)
+    assert ev["M"] == 32 and ev["wire"]["ids"]["bits"] == 16 and 7 < ev["wire"]["ids"]["max"] <= 135
+    long = ev["llama"]["hotpotqa_distractor"]
+    assert long["positions"]["M"] == 64 and 32 < long["positions"]["latent_max"] <= 64
+    assert long["m_token"]["tokens"] == 64 and long["bytes"]["ids"]["max"] <= 2 * 64 + 7
+    assert long["positions"]["text_over_latent"] > 10  # ten paragraphs against at most 64 positions
     for ds in ("squad", "hotpotqa", "nq"):
         res = ev["llama"][ds]
         assert res["n"] == 3 and res["prompt_bytes"] > 0 and res["prompt_tokens"] > 0
@@ -76,9 +82,11 @@ def test_repro_writes_every_metric(project):
         # SmolLM2 is the codebook's own model: every slot arrives and reads as sent
         assert res["slots"] == {"exact": 1.0, "readable": 1.0, "split": 0.0}
         assert set(res["ci"]) == {"text", "m_token", "equal_byte", "selected_text", "selected_equal_byte"}
-    assert set(ev["pick"]) == {"squad", "hotpotqa", "nq"}
+    assert set(ev["pick"]) == {"squad", "hotpotqa", "hotpotqa_distractor", "nq"}
+    assert "support_recall" in ev["pick"]["hotpotqa"] and "support_recall" not in ev["pick"]["squad"]
+    assert ev["pick"]["hotpotqa_distractor"]["M"] == 64
     preds = (project / "data/eval/predictions.jsonl").read_text().splitlines()
-    assert len(preds) == 9 and "pred_latent_ids" in json.loads(preds[0])
+    assert len(preds) == 12 and "pred_latent_ids" in json.loads(preds[0]) and "title" in json.loads(preds[0])
 
 
 def test_second_repro_is_a_noop(project):
@@ -95,8 +103,8 @@ def test_params_change_reruns_only_dependents(project):
     assert ran(out) == {"text-baselines", "evaluate"}, out
     out = sh(project, sys.executable, "-m", "dvc", "exp", "run", "-S", "stage3.M=16")
     # the M-token and equal-byte baselines are defined by M, so they rerun with the latent; the
-    # pick reports its recall at M (its fitted model is the same bytes: stage1 and 2 stay)
-    assert ran(out) == {"pick", "curriculum-stage@stage3", "text-baselines", "evaluate"}, out
+    # pick does not depend on M (it chooses how to spend positions at pick.dev_M): it stays
+    assert ran(out) == {"curriculum-stage@stage3", "text-baselines", "evaluate"}, out
     diff = json.loads(sh(project, sys.executable, "-m", "dvc", "metrics", "diff", "--json"))
     rows = diff["metrics/eval.json"]
     assert rows["M"]["old"] == 32 and rows["M"]["new"] == 16

@@ -197,6 +197,8 @@ def receiver(tmp_path_factory, tiny_models, one_thread):
     raw["models"] = {s: {"source": "local", "path": str(tiny_models[s])} for s in ("llama", "qwen")}
     raw["pick"].update(spans=[6], hidden=8, epochs=1)
     raw["stage3"]["M"] = 8
+    for d in raw["data"]["datasets"].values():
+        d["M"] = None  # every dataset at stage3.M: the receiver accepts at most 8 slots
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     fit_pick(root, n=8)
     params = load_params(root / "params.yaml")

@@ -56,7 +56,7 @@ class IdCodec(nn.Module):
     def limits(self) -> Limits:
         """What an unpacked payload's ids must satisfy here: the codebook's tokens, at most M
         (or a dataset's own larger M)."""
-        return self.sender.limits(max(self._M, *self.M_of_dataset.values()))
+        return self.sender.limits(max([self._M, *self.M_of_dataset.values()]))
 
     def resize(self, M: int) -> None:
         self._M, self.memo = M, {}
