@@ -35,6 +35,9 @@ def project(request, tmp_path, tiny_models):
     raw["models"] = {"llama": {"source": "local", "path": str(tiny_models["llama"])},
                      "qwen": {"source": "local", "path": str(tiny_models["qwen"])}}
     raw["encoder"].update(kind=request.param, d_z=32, layers=1, heads=2, max_bytes=96, hint_buckets=4)
+    if request.param == "bytes":  # the byte encoder reads every dataset at stage3.M (config.py says so)
+        for d in raw["data"]["datasets"].values():
+            d["M"] = None
     raw["pick"].update(spans=[4], hidden=8, epochs=2)
     raw["wire"]["d_wire"] = 8
     raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 4}
