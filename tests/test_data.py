@@ -231,7 +231,7 @@ def test_hotpot_train_source_groups_titles_and_keeps_eval_apart(shared_data):
             by_gold.setdefault(t, set()).add(ex.title)
     assert all(len(titles) == 1 for titles in by_gold.values())
     tr, ev = data.split_by_title(train, 0.2)
-    assert not {t for ex in tr for t in [ex.title]} & {ex.title for ex in ev}
+    assert not {ex.title for ex in tr} & {ex.title for ex in ev}
     # a train record naming an eval gold title is dropped
     poisoned, stats = data.load("hotpotqa", cfg, shared_data, 2000, train=True,
                                 avoid_titles=frozenset([train[0].title]))
