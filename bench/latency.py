@@ -34,11 +34,12 @@ import torch
 
 from latentwire import payload
 from latentwire.config import load_params
-from latentwire.evaluate import load_rows
-from latentwire.latent import LatentWire, Receiver
+from latentwire.latent import LatentWire
 from latentwire.llm import load_frozen
 from latentwire.packed import pack
+from latentwire.receiver import Receiver
 from latentwire.sender import Sender
+from latentwire.units import load_rows
 
 
 def ms(f):
@@ -106,7 +107,6 @@ def trip(sender: Sender, lw: LatentWire, llms: dict, rows: list[dict], M: int, b
         payloads.append(data)
     out = {"sender_ms_per_prompt": stats(send_ms), "payload_bytes_mean": statistics.mean(map(len, payloads)),
            "models": {}}
-    limits = sender.limits(M)
     for slot, llm in llms.items():
         rec = Receiver(llm)
         text_rest = [rec.embed(rec.ids(llm.template.body(r["context"], r["question"]) + llm.template.suffix))
@@ -119,8 +119,7 @@ def trip(sender: Sender, lw: LatentWire, llms: dict, rows: list[dict], M: int, b
                 if i == 0:  # warm-up both paths
                     first_token(rec, [text_rest[k] for k in batch])
                 t_text.append(ms(lambda: first_token(rec, [text_rest[k] for k in batch]))[0])
-                t, rests = ms(lambda: [rec.rest(lw.codec.soft(slot, payload.unpack(payloads[k], sender.codebook, limits)),
-                                                rows[k]["question"]) for k in batch])
+                t, rests = ms(lambda: [rec.rest(rec.read(lw.codec, payloads[k])[1], rows[k]["question"]) for k in batch])
                 t_unpack.append(t)
                 if i == 0:
                     first_token(rec, rests)

@@ -6,14 +6,15 @@ import sys
 import pytest
 
 from latentwire import __main__ as cli
-from latentwire import evaluate, kd, prepare, train
+from latentwire import baselines, evaluate, kd, prepare, train
 
 
 @pytest.mark.parametrize("argv,module,expect", [
     (["prepare-mix", "--out", "x"], prepare, {"out": "x"}),
     (["teacher-kd-cache", "--out", "kd"], kd, {"out": "kd"}),
     (["train", "stage2"], train, {"stage": "stage2"}),
-    (["evaluate", "--part", "text"], evaluate, {"part": "text"}),
+    (["baselines", "--out", "x.json"], baselines, {"out": "x.json"}),
+    (["evaluate", "--part", "all"], evaluate, {"part": "all"}),
 ])
 def test_dispatch(monkeypatch, argv, module, expect):
     seen = {}

@@ -5,7 +5,7 @@ from torch import nn
 
 import tiny
 from latentwire.config import ModelConfig, PromptConfig
-from latentwire.latent import Receiver
+from latentwire.receiver import Receiver
 from latentwire.llm import load_frozen
 from latentwire.packed import PackedLinear, pack
 

@@ -14,7 +14,7 @@ import yaml
 
 from latentwire import kd, launch, train
 from latentwire.io import sha256_of
-from latentwire.latent import Receiver
+from latentwire.receiver import Receiver
 from test_train import project  # noqa: F401  (the tiny project fixture)
 
 

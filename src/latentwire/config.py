@@ -245,6 +245,14 @@ class Params:
     stage3: StageConfig = field(default_factory=lambda: StageConfig(M=32, kd=1.0, ce=1.0))
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
+    def positions(self, dataset: str | None, M: int | None = None) -> int:
+        """A dataset's receiver positions: data.datasets.<name>.M where set, else M (default:
+        stage3.M). The sender's pick, every baseline cut and the payload's limits use this."""
+        d = self.data.datasets.get(dataset) if dataset is not None else None
+        if d is not None and d.M is not None:
+            return d.M
+        return self.stage3.M if M is None else M
+
     def __post_init__(self):
         if not self.models:
             raise ConfigError("models: at least one model slot is needed")

@@ -171,12 +171,6 @@ class ByteCodec(nn.Module):
         hint = torch.tensor([latent.hint or 0], device=dev)
         return self.adapters[slot](self.encoder.slot_view(z, slot), hint)[0]
 
-    def selected_text(self, row: dict) -> None:
-        return None  # no pick: the selected-text baselines do not apply
-
-    def pick_recall(self, rows: list[dict], seed: int) -> None:
-        return None  # no pick
-
     def diagnose(self, slot: str, llm, latent: Latent, sent: Latent, soft: torch.Tensor) -> dict:
         """The quantisation error of the unpacked values against the sent ones."""
         err = float(abs(latent.values - sent.values).max()) if latent.n else 0.0

@@ -27,8 +27,6 @@ class IdCodec(nn.Module):
         self._sender: Sender | None = None
         self.split: dict[str, torch.Tensor] = {}   # slot -> receiver tokens per codebook string
         self.memo: dict[str, list[int]] = {}       # row id -> picked ids (training rows only)
-        # a dataset's own eval positions (data.datasets.<name>.M); every other row: M
-        self.M_of_dataset = {n: d.M for n, d in params.data.datasets.items() if d.M is not None}
 
     @property
     def M(self) -> int:
@@ -36,7 +34,7 @@ class IdCodec(nn.Module):
 
     def M_for(self, row: dict) -> int:
         """The positions this row's latent may take: its dataset's own M, else M."""
-        return self.M_of_dataset.get(row.get("dataset"), self._M)
+        return self.params.positions(row.get("dataset"), self._M)
 
     def pick(self, row: dict):
         return self.sender.pick(row["question"], row["context"], self.M_for(row))
@@ -56,7 +54,7 @@ class IdCodec(nn.Module):
     def limits(self) -> Limits:
         """What an unpacked payload's ids must satisfy here: the codebook's tokens, at most M
         (or a dataset's own larger M)."""
-        return self.sender.limits(max([self._M, *self.M_of_dataset.values()]))
+        return self.sender.limits(max(self.params.positions(n, self._M) for n in [None, *self.params.data.datasets]))
 
     def resize(self, M: int) -> None:
         self._M, self.memo = M, {}
@@ -86,33 +84,6 @@ class IdCodec(nn.Module):
 
     def soft(self, slot: str, latent: Latent) -> torch.Tensor:
         return self.adapters[slot](torch.tensor(latent.ids, dtype=torch.long))
-
-    def selected_text(self, row: dict) -> str:
-        """The picked tokens as plain text (the selected_* baselines)."""
-        return self.sender.decode(self.pick(row).ids)
-
-    def pick_recall(self, rows: list[dict], seed: int) -> dict:
-        """Per dataset: the share of questions whose gold answer lies wholly inside the picked
-        tokens, beside the M-token cut, the lexical prior alone and a random window of M; the
-        share whose answer is in the context at all (answer_in_context, the ceiling); and, where
-        rows have supporting facts, the share of those sentences the pick touches (support_recall)."""
-        out: dict[str, dict] = {}
-        for k, r in enumerate(rows):
-            p, c, a = self.pick(r), r["context"], r["answers"]
-            T, M = len(p.read.ids), self.M_for(r)
-            hits = out.setdefault(r["dataset"], {"n": 0, "M": M, "answer_in_context": 0, "pick_recall": 0,
-                                                 "m_token_cut": 0, "lexical": 0, "random": 0})
-            hits["n"] += 1
-            hits["answer_in_context"] += pick.contains_answer([c], a)
-            for name, spans in (("pick_recall", p.spans), ("m_token_cut", [(0, min(M, T))] if T else []),
-                                ("lexical", pick.lexical_spans(p.read, M)),
-                                ("random", pick.random_spans(T, M, seed + k))):
-                hits[name] += pick.contains_answer(pick.span_texts(p.read, c, spans), a)
-            sup = pick.touched(p.read, p.spans, r.get("support", []))
-            if sup is not None:
-                hits.setdefault("support_recall", 0.0)
-                hits["support_recall"] += sup
-        return {ds: {k: (v / h["n"] if k not in ("n", "M") else v) for k, v in h.items()} for ds, h in sorted(out.items())}
 
     @torch.no_grad()
     def diagnose(self, slot: str, llm, latent: Latent, sent: Latent, soft: torch.Tensor) -> dict:

@@ -7,11 +7,9 @@
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -20,7 +18,7 @@ from .config import Params
 from .encoder import ByteCodec
 from .ids import IdCodec
 from .io import atomic_path, write_json
-from .llm import BODY, FrozenLLM
+from .llm import FrozenLLM
 
 ARCH_FIELDS = ("kind", "feature_model", "d_z", "layers", "heads", "max_bytes", "hint_buckets", "d_wire",
                "shared_fraction", "slots", "hidden")
@@ -33,7 +31,7 @@ class LatentWire(nn.Module):
       train_softs(rows, qat) -> ({slot: [soft tokens per row]}, extra loss, logs)   training
       latents(rows) -> [payload.Latent]                                            the sender
       soft(slot, latent) -> soft tokens [n <= M, H]                                a receiver
-      attach(llm), resize(M), codebook, limits, selected_text(row), pick_recall(rows, seed), diagnose(...)
+      attach(llm), resize(M), codebook, limits, diagnose(...)
     """
 
     def __init__(self, params: Params, M: int, llms: dict[str, FrozenLLM] | None = None,
@@ -109,89 +107,3 @@ class LatentWire(nn.Module):
         if meta["M"] != M:
             self.resize(M)
         return meta
-
-
-# ---------------------------------------------------------------- the frozen receiver
-class Receiver:
-    """Feeds [template prefix, the rest, answer tokens] to a frozen LLM.
-
-    The rest is, for the learned senders, the M soft tokens then the template suffix (the latent
-    stands for the whole body). For encoder.kind "ids" it is per example (`rest`): "Context:",
-    at most M slots, then "\nQuestion: <question>" and the suffix as text, the question beside
-    the slots exactly as every text baseline has it. Rests of different lengths are padded
-    between the prefix and the rest (masked; positions follow the mask).
-
-    The prefix (chat scaffolding, instruction, one-shot example) is the same for every
-    example, so its key/value cache is computed once and copied per batch: each step then
-    runs the model only over the rest and the answer.
-    """
-
-    def __init__(self, llm: FrozenLLM):
-        self.llm = llm
-        model = llm.model
-        self.prefix_ids, self.suffix_ids = self.ids(llm.template.prefix), self.ids(llm.template.suffix)
-        self.context_ids = self.ids(BODY.split("{context}")[0].rstrip())  # "Context:"
-        with torch.no_grad():
-            self.prefix_cache = model(input_ids=self.prefix_ids[None], use_cache=True).cache
-
-    def ids(self, text: str) -> torch.Tensor:
-        return torch.tensor(self.llm.tokenizer(text, add_special_tokens=False)["input_ids"],
-                            dtype=torch.long, device=self.llm.device)
-
-    def cache(self, batch: int):
-        c = copy.deepcopy(self.prefix_cache)
-        c.batch_repeat_interleave(batch)
-        return c
-
-    def embed(self, ids):
-        return self.llm.model.get_input_embeddings()(ids)
-
-    def to_llm(self, soft):
-        """Soft tokens onto the LLM's device and dtype (it may sit on another GPU, in bf16)."""
-        return soft.to(self.llm.device, self.llm.model.get_input_embeddings().weight.dtype)
-
-    def rest(self, slots, question: str):
-        """kind ids: "Context:" + the slots [n, H] + "\nQuestion: <question>" + suffix, [T, H]."""
-        tail = self.ids(BODY.split("{question}")[0].split("{context}")[1] + question + self.llm.template.suffix)
-        return torch.cat([self.embed(self.context_ids), self.to_llm(slots), self.embed(tail)])
-
-    def pad(self, rests: list):
-        """Left-pad the rests: x [B, T, H] and the mask over prefix + rest [B, P + T]."""
-        T, P, B = max(len(r) for r in rests), len(self.prefix_ids), len(rests)
-        H = rests[0].shape[-1]
-        x = rests[0].new_zeros(B, T, H)
-        mask = torch.zeros(B, P + T, dtype=torch.long, device=x.device)
-        mask[:, :P] = 1
-        rows = []
-        for b, r in enumerate(rests):
-            rows.append(torch.cat([x.new_zeros(T - len(r), H), r]) if len(r) < T else r)
-            mask[b, P + T - len(r):] = 1
-        return torch.stack(rows), mask
-
-    def answer_logits(self, rests: list, answer_ids):
-        """Logits predicting each answer token j (teacher-forced), [B, K, V] float32, on the
-        rests' device."""
-        back = rests[0].device
-        rests = [self.to_llm(r) for r in rests]
-        B, answer_ids = len(rests), answer_ids.to(self.llm.device)
-        x, mask = self.pad(rests)
-        x = torch.cat([x, self.embed(answer_ids[:, :-1])], 1)
-        mask = torch.cat([mask, torch.ones_like(answer_ids[:, :-1])], 1)
-        pos = (mask.cumsum(-1) - 1).clamp_min(0)[:, len(self.prefix_ids):]
-        # the last K positions are exactly those predicting answer tokens 0..K-1
-        out = self.llm.model(inputs_embeds=x, attention_mask=mask, position_ids=pos, cache=self.cache(B),
-                             use_cache=True, logits_to_keep=answer_ids.shape[1])
-        return out.logits.float().to(back)
-
-    @torch.inference_mode()
-    def generate(self, rests: list, max_new_tokens: int) -> list[str]:
-        """Greedy answers, one per rest."""
-        rests = [self.to_llm(r) for r in rests]
-        B = len(rests)
-        x, mask = self.pad(rests)
-        x = torch.cat([self.embed(self.prefix_ids).expand(B, -1, -1), x], 1)
-        tok = self.llm.tokenizer
-        gen = self.llm.model.generate(inputs_embeds=x, attention_mask=mask, cache=self.cache(B),
-                                      max_new_tokens=max_new_tokens, do_sample=False,
-                                      eos_token_id=self.llm.stop_ids(), pad_token_id=tok.pad_token_id)
-        return tok.batch_decode(gen, skip_special_tokens=True)

@@ -42,9 +42,10 @@ from .data import split_dev
 from .io import (atomic_dir, atomic_path, package_sha256, peak_rss_mb, read_jsonl, restore_dir, sha256_of,
                  write_json, write_text)
 from .kd import cache_key, load_cache, teacher_hash
-from .latent import LatentWire, Receiver
+from .latent import LatentWire
 from .llm import load_frozen
 from .losses import ce_loss, first_token_correct, hard_negative_weights, kd_loss, teacher_entropy
+from .receiver import Receiver
 from .signals import StopRequest, stop_requests
 
 PREVIOUS = {"stage1": None, "stage2": "stage1", "stage3": "stage2"}

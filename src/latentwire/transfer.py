@@ -27,9 +27,9 @@ import torch
 
 from . import payload
 from .config import Params, load_params
-from .baselines import clean
-from .latent import LatentWire, Receiver
+from .latent import LatentWire
 from .llm import load_frozen
+from .receiver import Receiver
 from .sender import Sender
 
 
@@ -70,10 +70,8 @@ class LatentReceiver:
 
     @torch.inference_mode()
     def receive(self, data: bytes, question: str) -> str:
-        latent = payload.unpack(data, self.lw.codec.codebook, self.lw.codec.limits)
-        soft = self.lw.codec.soft(self.llm.slot, latent)
-        out = self.rec.generate([self.rec.rest(soft, question)], self.params.evaluate.max_new_tokens)
-        return clean(out[0])
+        _, soft = self.rec.read(self.lw.codec, data)
+        return self.rec.answer([soft], [question], self.params.evaluate.max_new_tokens)[0]
 
 
 def load_receiver(params: str | Params = "params.yaml", slot: str = "llama",
