@@ -12,13 +12,16 @@ STAGES = {
     "pick": ("sender", "fit the sender's pick (encoder.kind ids) on the train-split pool -> models/pick"),
     "teacher-kd-cache": ("kd", "cache the teachers' top-k log-probs on the train mix per model"),
     "train": ("train", "one curriculum stage (stage1 | stage2 | stage3) of the encoder + adapters"),
-    "evaluate": ("evaluate", "F1/EM of the text baselines (and the latent) per model x dataset"),
+    "baselines": ("baselines", "F1/EM of the text baselines (full text and its cuts) per model x dataset"),
+    "evaluate": ("evaluate", "F1/EM of the latent beside the text baselines per model x dataset"),
     # commands, not DVC stages: review the results
     "report": ("report", "Markdown review table of metrics/eval.json (+ deltas vs --base, worst examples)"),
     "plots": ("plots", "PNGs of the training curves, the F1 vs wire-bytes frontier and F1 bars"),
     # the interlingua across a process boundary (transfer.py: add_<name>_args / run_<name>)
     "send": ("transfer", "question + context -> a payload file (the bytes on the wire)"),
     "receive": ("transfer", "a payload + the question -> one model's answer"),
+    # the pick alone, as a prompt compressor for any LLM
+    "compress": ("compress", "question + context -> the picked text, within a budget of the reader's tokens"),
 }
 
 

@@ -27,7 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from . import payload, pick
 from .config import Params, load_params
@@ -94,6 +94,23 @@ class Sender:
     def decode(self, ids: list[int]) -> str:
         """The picked tokens as plain text (the selected_text baselines)."""
         return self.tokenizer.decode(ids).strip()
+
+    def compress(self, question: str, context: str, budget: int | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None) -> str:
+        """The picked text in at most `budget` tokens of `tokenizer` (a receiver's; default: the
+        sender's own), for any LLM to read in place of the context. The pick fills `budget`
+        positions (default: M) with the spans it rates best for the question, in context order,
+        joined by " ..."; the text is then cut to `budget` tokens of `tokenizer`. At budget M it is
+        the context of the selected_text baseline. The pick reads the first pick.max_tokens
+        tokens of the context."""
+        budget = self.M if budget is None else budget
+        if budget < 1:
+            raise ValueError(f"compress: the budget must be at least 1 token, not {budget}")
+        if not context.strip():
+            raise ValueError("compress: the context is empty")
+        text = self.decode(self.pick(question, context, budget).ids)
+        tok = self.tokenizer if tokenizer is None else tokenizer
+        return tok.decode(tok(text, add_special_tokens=False)["input_ids"][:budget])
 
     def limits(self, M: int | None = None) -> payload.Limits:
         """What a receiver of this codebook accepts (payload.unpack): at most M ids, each a token
