@@ -1,5 +1,6 @@
 """The pick's parts without a model: reading (features, paragraphs), spending M positions
 (spans, paragraph coverage), the multi-hop labels and what a pick is judged by."""
+import pytest
 import torch
 
 from latentwire import pick
@@ -102,11 +103,11 @@ def test_no_input_building_code_reads_an_answer():
     import inspect
     import textwrap
 
-    from latentwire import baselines, data, ids, latent, payload, sender
+    from latentwire import baselines, data, ids, payload, receiver, sender
     builders = [data.cut_context, data.capped, pick.read, pick.spans_for, pick.picked_ids, sender.Sender.pick,
-                sender.Sender.spend, sender.Sender.send, payload.pack, baselines.text_variants, baselines.cut_tokens,
-                latent.Receiver.rest, ids.IdCodec.pick, ids.IdCodec.latents, ids.IdCodec.ids, ids.IdCodec.soft,
-                ids.IdCodec.selected_text]
+                sender.Sender.spend, sender.Sender.send, sender.Sender.decode, payload.pack, baselines.text_variants,
+                baselines.cut_tokens, baselines.send_all, receiver.Receiver.rest, receiver.Receiver.read,
+                receiver.Receiver.answer, ids.IdCodec.pick, ids.IdCodec.latents, ids.IdCodec.ids, ids.IdCodec.soft]
     for f in builders:
         tree = ast.parse(textwrap.dedent(inspect.getsource(f)))
         doc = ast.get_docstring(tree.body[0], clean=False)
@@ -115,3 +116,31 @@ def test_no_input_building_code_reads_an_answer():
         names += [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
                   and n.value != doc]
         assert not [x for x in names if "answer" in x.lower()], f.__qualname__
+
+
+def test_a_later_span_never_trims_the_best_token_away():
+    """One sentence, the best token at 10 and the second best at 16, M = 8, spans of 6: the
+    first span is (8, 14); the second, (14, 20), touches it, so they merge to (8, 20), 12 wide,
+    and are trimmed to 8. The best-rated token must stay inside the pick."""
+    scores = [0.0] * 40
+    scores[10], scores[16] = 10.0, 9.0
+    spans = pick.spans_for(scores, [0] * 40, 8, 6)
+    assert sum(b - a for a, b in spans) <= 8
+    assert any(a <= 10 < b for a, b in spans), spans
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_best_rated_token_is_always_picked(seed):
+    """Whatever the scores, sentences, M and span width: the best-rated token is sent, the
+    budget holds, and the spans stay apart."""
+    import random
+    rng = random.Random(seed)
+    T = rng.randint(20, 120)
+    scores = [rng.random() for _ in range(T)]
+    sentence = sorted(rng.randrange(6) for _ in range(T))
+    M, span = rng.randint(2, 24), rng.choice([3, 6, 8, 12])
+    spans = pick.spans_for(scores, sentence, M, span)
+    cost = sum(b - a for a, b in spans) + sum(1 for x, y in zip(spans, spans[1:]) if x[1] < y[0])
+    assert cost <= M and all(x[1] <= y[0] for x, y in zip(spans, spans[1:]))
+    best = max(range(T), key=scores.__getitem__)
+    assert any(a <= best < b for a, b in spans), (best, spans)

@@ -70,7 +70,8 @@ def question_type(q: str) -> str:
 class Read:
     """One context as the sender reads it: its tokens (sender ids and char offsets into the
     context), the sentence and paragraph (line) of each token, and the feature matrix
-    [T, N_FEATURES]."""
+    [T, N_FEATURES]. The fit's pool holds only ids, features and q_ids, as views into its
+    features cache (`sender.pool_features`: tensors, the features in float16)."""
     ids: list[int]
     offsets: list[tuple[int, int]]
     sentence: list[int]
@@ -101,10 +102,11 @@ def sentences(context: str) -> list[tuple[int, int]]:
 
 
 def _bm25(units: list[set], q_words: set) -> tuple[list[float], dict]:
-    """In-context idf over `units` (word sets) and each unit's idf-weighted question overlap."""
+    """In-context idf over `units` (word sets) and each unit's idf-weighted question overlap
+    (math.fsum: exact, whatever order the set gives, so equal overlaps tie in every process)."""
     n = len(units)
     idf = {w: math.log(1 + (n + 0.5) / (sum(w in u for u in units) + 0.5)) for w in q_words}
-    return [sum(idf[w] for w in q_words if w in u) for u in units], idf
+    return [math.fsum(idf[w] for w in q_words if w in u) for u in units], idf
 
 
 def _ranks(scores: list[float]) -> tuple[list[int], float]:
@@ -195,18 +197,16 @@ def read(tokenizer, question: str, context: str, max_tokens: int = 2048) -> Read
 
 def answer_labels(r: Read, context: str, answers: list[str]) -> torch.Tensor:
     """1 for every token that overlaps an occurrence of a gold answer in the context."""
-    y = torch.zeros(len(r.ids))
+    s, e = np.array(r.offsets, dtype=np.int64).reshape(-1, 2).T
+    y = np.zeros(len(r.ids), dtype=bool)
     low = context.lower()
     for ans in answers:
         a = ans.lower().strip()
         start = low.find(a) if a else -1
         while start >= 0:
-            end = start + len(a)
-            for i, (s, e) in enumerate(r.offsets):
-                if s < end and e > start:
-                    y[i] = 1.0
+            y |= (s < start + len(a)) & (e > start)
             start = low.find(a, start + 1)
-    return y
+    return torch.from_numpy(y.astype(np.float32))
 
 
 def support_labels(r: Read, support: list) -> torch.Tensor:
@@ -214,7 +214,9 @@ def support_labels(r: Read, support: list) -> torch.Tensor:
     masked out of the loss) where the example has no supporting facts."""
     if not support:
         return torch.full((len(r.ids),), -1.0)
-    return torch.tensor([float(any(s < b and e > a for a, b in support)) for s, e in r.offsets])
+    s, e = np.array(r.offsets, dtype=np.int64).reshape(-1, 2).T
+    a, b = np.array(support, dtype=np.int64).reshape(-1, 2).T
+    return torch.from_numpy(((s[:, None] < b) & (e[:, None] > a)).any(1).astype(np.float32))
 
 
 def touched(r: Read, spans: list[tuple[int, int]], support: list) -> float | None:
@@ -256,8 +258,8 @@ class PickModel(torch.nn.Module):
 
     def inputs(self, r: "Read", a: int = 0, b: int | None = None) -> torch.Tensor:
         """[b - a, n_in] for tokens a..b of one read context (default: all)."""
-        x = (r.features[a:b] - self.mean) / self.std
-        e, q = self.E[torch.tensor(r.ids[a:b])], self.E[torch.tensor(r.q_ids or [0])]
+        x = (r.features[a:b].float() - self.mean) / self.std
+        e, q = self.E[torch.as_tensor(r.ids[a:b])], self.E[torch.as_tensor(r.q_ids if len(r.q_ids) else [0])]
         sim = (e @ q.T).max(-1, keepdim=True).values
         return torch.cat([x, e, q.mean(0).expand(len(e), -1), sim], -1)
 
@@ -326,7 +328,8 @@ def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epoch
     label of -1 is unknown and masked), the rare positives weighted by sqrt(negatives /
     positives), over CHUNK-token windows (`windows`: a long context gives a few per epoch).
     Inputs are built batch by batch, so memory grows with the pool's tokens only through the
-    cached features. Returns the last epoch's mean loss."""
+    cached features (`sender.pool_features`: about 120 bytes a token). Returns the last
+    epoch's mean loss."""
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
@@ -399,19 +402,20 @@ def spans_for(scores: list[float], sentence: list[int], M: int, span: int,
         w = min(span, hi - lo)
         a = min(max(lo, i - w // 3), hi - w)
         cand = (a, a + w)
-        # merge with touching / overlapping spans, then trim to the budget
+        # merge with touching / overlapping spans, then trim to the budget: the end farther from
+        # the peak token i first, but never into a span placed before (a better token's) nor past i
         merged = [sp for sp in spans if sp[1] < cand[0] or sp[0] > cand[1]]
-        joint = [sp for sp in spans if not (sp[1] < cand[0] or sp[0] > cand[1])] + [cand]
-        new = (min(a for a, _ in joint), max(b for _, b in joint))
+        old = [sp for sp in spans if not (sp[1] < cand[0] or sp[0] > cand[1])]
+        new = (min(a for a, _ in old + [cand]), max(b for _, b in old + [cand]))
+        core = (min([i] + [a for a, _ in old]), max([i + 1] + [b for _, b in old]))
         trial = merged + [new]
         while cost(trial) > M:
             excess = cost(trial) - M
             a2, b2 = new
-            # trim the end farther from the peak token i
-            if i - a2 > b2 - 1 - i:
-                a2 += min(excess, i - a2) or 0
-            else:
-                b2 -= min(excess, b2 - 1 - i) or 0
+            if (i - a2 > b2 - 1 - i or b2 == core[1]) and a2 < core[0]:
+                a2 += min(excess, core[0] - a2)
+            elif b2 > core[1]:
+                b2 -= min(excess, b2 - core[1])
             if (a2, b2) == new:
                 break
             new = (a2, b2)

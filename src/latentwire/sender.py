@@ -153,35 +153,44 @@ def features_key(pool_path: Path, tokenizer, max_tokens: int) -> str:
 
 def pool_features(rows: list[dict], tokenizer, path: Path, key: str, max_tokens: int):
     """(reads, labels) for the pool: from the cache at `path` when its key matches, else
-    computed and saved there (features, token ids, question ids, answer and support labels)."""
+    computed and saved there first (features, token ids, question ids, answer and support
+    labels). Either way each read and label is a view into the cache's tensors, the features
+    in float16 (a fresh and a reused fit see the same numbers): about 120 bytes a token, and
+    no Python object per token."""
     try:
         c = load_file(str(path))
-        if bytes(c["key"].tolist()).decode() == key:
-            print(f"pick: reused features {path}")
-            split = lambda t, n: torch.split(t, n.tolist())  # noqa: E731
-            reads = [pick.Read(i.tolist(), [], [], f.float(), q.tolist()) for f, i, q in
-                     zip(split(c["features"], c["lengths"]), split(c["ids"], c["lengths"]),
-                         split(c["q_ids"], c["q_lengths"]))]
-            return reads, list(split(c["y"], c["lengths"]))
+        if bytes(c["key"].tolist()).decode() != key:
+            c = None
     except (OSError, ValueError, KeyError):
-        pass
-    reads, labels = [], []
+        c = None
+    if c is None:
+        c = compute_features(rows, tokenizer, key, max_tokens)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(c, str(tmp))
+    else:
+        print(f"pick: reused features {path}")
+    split = lambda t, n: torch.split(t, n.tolist())  # noqa: E731
+    reads = [pick.Read(i, [], [], f, q) for f, i, q in zip(split(c["features"], c["lengths"]),
+                                                            split(c["ids"], c["lengths"]),
+                                                            split(c["q_ids"], c["q_lengths"]))]
+    return reads, list(split(c["y"], c["lengths"]))
+
+
+def compute_features(rows: list[dict], tokenizer, key: str, max_tokens: int) -> dict[str, torch.Tensor]:
+    """The pool's features cache: one tensor a field, the rows end to end (`lengths` cuts them)."""
+    parts: dict[str, list[torch.Tensor]] = {"features": [], "ids": [], "q_ids": [], "y": []}
     for r in tqdm(rows, desc="pick features", unit="ex", disable=None):
         rd = pick.read(tokenizer, r["question"], r["context"], max_tokens)
-        labels.append(torch.stack([pick.answer_labels(rd, r["context"], r["answers"]),
-                                   pick.support_labels(rd, r.get("support", []))], -1))
-        # as the cache stores them (float16), so a fresh and a reused fit see the same numbers
-        reads.append(pick.Read(rd.ids, [], [], rd.features.half().float(), rd.q_ids))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"features": torch.cat([r.features for r in reads]).half(),
-            "ids": torch.tensor([i for r in reads for i in r.ids]),
-            "lengths": torch.tensor([len(r.ids) for r in reads]),
-            "q_ids": torch.tensor([i for r in reads for i in r.q_ids]),
-            "q_lengths": torch.tensor([len(r.q_ids) for r in reads]),
-            "y": torch.cat(labels), "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}
-    with atomic_path(path) as tmp:
-        save_file(blob, str(tmp))
-    return reads, labels
+        parts["features"].append(rd.features.half())
+        parts["ids"].append(torch.tensor(rd.ids, dtype=torch.int64))
+        parts["q_ids"].append(torch.tensor(rd.q_ids, dtype=torch.int64))
+        parts["y"].append(torch.stack([pick.answer_labels(rd, r["context"], r["answers"]),
+                                       pick.support_labels(rd, r.get("support", []))], -1))
+    return {"lengths": torch.tensor([len(i) for i in parts["ids"]]),
+            "q_lengths": torch.tensor([len(q) for q in parts["q_ids"]]),
+            "key": torch.tensor(list(key.encode()), dtype=torch.uint8),
+            **{k: torch.cat(parts.pop(k)) for k in list(parts)}}  # each field's pieces freed once joined
 
 
 def recall(sender: Sender, rows: list[dict], M: int, support_weight: float | None = None,
