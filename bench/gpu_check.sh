@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # GPU check: the whole pipeline on the embedded default with every model on one GPU
 # (models.*.device_map: cuda:0), in a temporary copy of the project. Prints the wall time of
-# each DVC stage and the final metrics. Nothing in this checkout is touched.
+# each DVC stage (every stage of dvc.yaml, in its order), where each curriculum stage placed
+# the models, and the eval table (`python -m latentwire report`). Nothing in this checkout is touched.
 #
-#   bench/gpu_check.sh                       # the embedded default, as in params.yaml
+#   bench/gpu_check.sh                                       # the embedded default, as in params.yaml
 #   bench/gpu_check.sh train.batch_size=32 stage3.epochs=4   # dotted overrides (YAML values)
 #
 # Env: PY (default python3), LATENTWIRE_DATA (default ../shared/data), KEEP=1 keeps the copy,
-# ALLOW_CPU=1 runs without a GPU (device_map left null; to check this script itself).
+# ALLOW_CPU=1 runs without a GPU (device_map left null), DRY=1 stops before the first stage, once
+# the copy's params are checked and its stages listed (with ALLOW_CPU=1: tests/test_bench.py).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-python3}
@@ -26,6 +28,7 @@ cp -r "$REPO/src" "$WORK/src"
 export LATENTWIRE_DATA=${LATENTWIRE_DATA:-$(cd "$REPO/../shared/data" && pwd)}
 export PYTHONPATH="$WORK/src${PYTHONPATH:+:$PYTHONPATH}"   # this copy's code
 export LATENTWIRE_PROCESSES=1                               # one GPU, one process
+export DVC_NO_ANALYTICS=1
 cd "$WORK"
 
 "$PY" - "$@" <<'EOF'
@@ -48,15 +51,15 @@ EOF
 "$PY" -c 'from latentwire.config import load_params; load_params("params.yaml")'  # fail early
 
 git init -q && git config user.email gpu-check@example.com && git config user.name gpu-check
-"$PY" -m dvc init -q && "$PY" -m dvc config core.analytics false
+"$PY" -m dvc init -q
 git add -A && git commit -qm "gpu check" # dvclive needs a commit to compare against
 mkdir -p logs
-STAGES="prepare-mix teacher-kd-cache curriculum-stage@stage1 curriculum-stage@stage2
-        curriculum-stage@stage3 text-baselines evaluate"
+stages=$("$PY" -m dvc stage list --name-only)
+if [ "${DRY:-0}" = 1 ]; then echo "gpu_check: would run" $stages; exit 0; fi
 total=0
-for stage in $STAGES; do
+for stage in $stages; do   # in dvc.yaml's order: each repro finds its upstream done and runs its own stage
   t0=$(date +%s%N)
-  if ! "$PY" -m dvc repro -s "$stage" > "logs/$stage.log" 2>&1; then
+  if ! "$PY" -m dvc repro "$stage" > "logs/$stage.log" 2>&1; then
     echo "gpu_check: stage $stage FAILED; last lines of its log:"; tail -40 "logs/$stage.log"; exit 1
   fi
   ms=$(( ($(date +%s%N) - t0) / 1000000 )); total=$((total + ms))
@@ -65,19 +68,10 @@ done
 printf 'gpu_check: %-26s %8.1f s\n' "total" "$(echo "$total" | awk '{print $1 / 1000}')"
 
 "$PY" - <<'EOF'
-import json
-for stage in ("stage1", "stage2", "stage3"):
-    m = json.load(open(f"metrics/train/{stage}.json"))
-    print(f"{stage}: M={m['M']} steps={m['steps']} best={m['best']} wall_s={m['wall_s']} "
+import json, pathlib
+for path in sorted(pathlib.Path("metrics/train").glob("*.json")):
+    m = json.loads(path.read_text())
+    print(f"{path.stem}: M={m['M']} steps={m['steps']} best={m['best']} wall_s={m['wall_s']} "
           f"placement={m['run']['placement']} events={m['events']}")
-ev = json.load(open("metrics/eval.json"))
-print(f"{'model':6} {'dataset':9} {'n':>4} {'text':>6} {'m_tok':>6} {'eq_byte':>7} {'fp16':>6} {'int8':>6} {'int4':>6}  (F1)")
-for slot, per in ev.items():
-    if not isinstance(per, dict) or "squad" not in per and "nq" not in per:
-        continue
-    for ds, r in per.items():
-        if isinstance(r, dict) and "text" in r:
-            f = [r[k]["f1"] for k in ("text", "m_token", "equal_byte", "latent_fp16", "latent_int8", "latent_int4")]
-            print(f"{slot:6} {ds:9} {r['n']:>4} " + " ".join(f"{x:6.3f}" for x in f))
-print("eval wall_s:", ev.get("wall_s"))
 EOF
+"$PY" -m latentwire report

@@ -3,7 +3,7 @@
     python bench/paired_diff.py A/predictions.jsonl B/predictions.jsonl [--variant latent_ids]
 
 Both files are `data/eval/predictions.jsonl` of an `evaluate` run on the same eval mix (e.g.
-the workspace before and after `bench/teacher_exp.sh`, or two `dvc exp` runs). Per model x
+the workspace before and after a `dvc exp run`, or two `dvc exp` runs). Per model x
 dataset and per model over all datasets: mean F1 of A and B, B - A, a 95 % interval of B - A
 from 10,000 paired bootstrap resamples of the questions, and how many questions changed.
 """

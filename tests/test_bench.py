@@ -1,0 +1,160 @@
+"""bench/ scripts must not rot: each one runs here in seconds, on the tiny models or the committed
+metrics (bench/latency.py and bench/pick_lodo.py run in test_ids.py)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from tiny import qa_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench(name: str):
+    """bench/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def kd_caches(tmp_path_factory, tiny_models, one_thread) -> Path:
+    """teacher-kd-cache on the tiny models: data/kd/{llama,qwen}.safetensors of one train mix."""
+    from latentwire import kd
+
+    root = tmp_path_factory.mktemp("kd")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["models"] = {slot: {"source": "local", "path": str(path)} for slot, path in tiny_models.items()}
+    raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 4}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa_rows(6, "squad")))
+    kd.main(str(root / "params.yaml"), str(root / "train.jsonl"), str(root / "kd"))
+    return root / "kd"
+
+
+def rewrite(src: Path, dst: Path, change) -> str:
+    """A copy of a KD cache with change(tensors, metadata) applied."""
+    with safe_open(str(src), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    change(tensors, meta)
+    save_file(tensors, str(dst), metadata=meta)
+    return str(dst)
+
+
+def test_teacher_kd_compare_on_caches_of_the_tiny_models(kd_caches, tmp_path, capsys):
+    compare = bench("teacher_kd_compare")
+    llama, qwen = str(kd_caches / "llama.safetensors"), str(kd_caches / "qwen.safetensors")
+
+    def perfect(t, meta):  # a teacher whose top-1 is always the gold token
+        t["top_idx"][..., 0] = t["answer_ids"]
+    oracle = rewrite(kd_caches / "qwen.safetensors", tmp_path / "oracle.safetensors", perfect)
+    rows = compare.main([llama, qwen, oracle])
+    out = capsys.readouterr().out
+    for r, slot in zip(rows, ("llama", "qwen")):
+        side = json.loads((kd_caches / f"{slot}.json").read_text())
+        assert r["n"] == 6 and r["teacher_hash"] == side["teacher_hash"]
+        assert 0 <= r["top1_first"] <= 1 and 0 <= r["top1_all"] <= 1 and r["entropy"] > 0
+        assert f"{r['path']}: n=6 teacher_hash={r['teacher_hash'][:16]} top-1 = gold first token" in out
+    assert rows[2]["top1_first"] == rows[2]["top1_all"] == 1.0 and rows[2]["entropy"] == rows[1]["entropy"]
+
+    def shuffled(t, meta):
+        meta["ids"] = json.dumps(json.loads(meta["ids"])[::-1])
+    other = rewrite(kd_caches / "qwen.safetensors", tmp_path / "other.safetensors", shuffled)
+    with pytest.raises(SystemExit, match="hold different train examples"):
+        compare.main([qwen, other])
+
+
+def results(ev: dict) -> list[dict]:
+    """The model x dataset results of a metrics/eval.json."""
+    return [r for slot in ("llama", "qwen") for r in ev[slot].values() if isinstance(r, dict) and "text" in r]
+
+
+@pytest.fixture
+def sweep(tmp_path, monkeypatch) -> Path:
+    """A git + DVC repo whose tags hold the committed metrics/eval.json: m32 as it is, m16 as if
+    from `-S stage3.M=16` (positions 16 where they were 32, half the bytes, latent F1 0.5), and
+    empty without it."""
+    from dvc.repo import Repo
+
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.chdir(tmp_path)
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "config", "user.email", "ci@example.com")
+    git(tmp_path, "config", "user.name", "ci")
+    Repo.init(str(tmp_path))
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "empty")
+    git(tmp_path, "tag", "empty")
+    ev = json.loads((REPO / "metrics/eval.json").read_text())
+    (tmp_path / "metrics").mkdir()
+    for tag in ("m32", "m16"):
+        if tag == "m16":
+            for r in results(ev):
+                if r["positions"]["M"] == 32:
+                    r["positions"]["M"], r["bytes"]["ids"]["per_model"] = 16, r["bytes"]["ids"]["per_model"] / 2
+                r["latent_ids"]["f1"] = 0.5
+        (tmp_path / "metrics/eval.json").write_text(json.dumps(ev))
+        git(tmp_path, "add", "-A")
+        git(tmp_path, "commit", "-qm", tag)
+        git(tmp_path, "tag", tag)
+    return tmp_path
+
+
+def test_frontier_table_reads_the_evaluate_metrics_of_each_revision(sweep):
+    """The default sender's metrics (latent_ids, bytes.ids): the KeyError this script once hit."""
+    table = bench("frontier_table")
+    committed = json.loads((REPO / "metrics/eval.json").read_text())
+    rows = table.main(["--names", "m32", "m16", "--out", "out"])
+    assert len(rows) == 2 * len(results(committed))
+    for r in rows:
+        want = committed[r["model"]][r["dataset"]]
+        assert r["code"] == "ids" and r["text_f1"] == want["text"]["f1"]
+        assert r["context_bytes"] == want["context_bytes"] and r["m_token_bytes"] == want["m_token"]["bytes"]
+        if r["rev"] == "m32":
+            assert r["M"] == want["positions"]["M"] and r["latent_f1"] == want["latent_ids"]["f1"]
+            assert r["wire_bytes"] == want["bytes"]["ids"]["per_model"]
+        else:
+            assert r["M"] in (16, 64) and r["latent_f1"] == 0.5  # hotpotqa_distractor keeps its own M
+    assert [(r["model"], r["dataset"], r["M"]) for r in rows] == sorted((r["model"], r["dataset"], r["M"]) for r in rows)
+    md = (sweep / "out/frontier.md").read_text().splitlines()
+    assert md[0].startswith("| rev | M | model | dataset |") and len(md) == 2 + len(rows)
+    assert "| m16 | 16 | qwen | squad |" in "\n".join(md)
+    assert json.loads((sweep / "out/frontier.json").read_text()) == rows
+    assert (sweep / "out/frontier.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match=r"empty: no metrics/eval.json"):
+        table.main(["--names", "m32", "empty", "--out", "out"])
+
+
+def test_gpu_check_dry_run_prepares_a_copy_with_every_stage(tmp_path):
+    """ALLOW_CPU=1 DRY=1: the copy's params (data.root absolute, the overrides, validated) and its
+    stages, which are those of dvc.yaml in order (the stage list it once lacked `pick` from)."""
+    env = {**os.environ, "ALLOW_CPU": "1", "DRY": "1", "KEEP": "1", "PY": sys.executable,
+           "LATENTWIRE_DATA": str(tmp_path), "TMPDIR": str(tmp_path)}
+    r = subprocess.run([str(REPO / "bench/gpu_check.sh"), "stage3.M=16", "train.batch_size=2"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    stages = []
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        stages += [f"{name}@{key}" for key in stage["foreach"]] if "foreach" in stage else [name]
+    assert f"gpu_check: would run {' '.join(stages)}\n" in r.stdout
+    (work,) = tmp_path.glob("latentwire-gpu-check.*")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    assert params["data"]["root"] == str(tmp_path) and params["stage3"]["M"] == 16
+    assert params["train"]["batch_size"] == 2
+    assert not (work / "data").exists() and not (work / "metrics").exists()  # nothing ran
+
+    bad = subprocess.run([str(REPO / "bench/gpu_check.sh"), "stage3.nope=1"], env={**env, "KEEP": "0"},
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown key(s) ['params.stage3.nope']" in bad.stderr
