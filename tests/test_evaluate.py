@@ -129,9 +129,14 @@ ROWS = [
 ]
 
 
-def test_evaluate_model_tiny(llms):
+def test_evaluate_model_tiny(llms, monkeypatch):
     llm, M, B = llms["llama"], 8, 60
-    predictions = [{"earlier": True}]
+    asked = []  # (variant, prompt): what the model was given to answer
+    real = baselines.generate_text
+    monkeypatch.setattr(baselines, "generate_text", lambda llm_, prompts, *a, desc="", **k:
+                        asked.extend((desc.rsplit("/", 1)[1], p) for p in prompts) or real(llm_, prompts, *a, desc=desc, **k))
+    earlier = {"model": "qwen", "dataset": "squad", "id": "s1", "pred_text": "x"}  # another model's row stays
+    predictions = [dict(earlier)]
     res = evaluate_model(llm, ROWS, M, B, max_new_tokens=4, batch_size=2, predictions=predictions)
     assert sorted(res) == ["nq", "squad"] and len(predictions) == 1 + len(ROWS)
     for ds, rows in (("squad", [ROWS[0], ROWS[2]]), ("nq", [ROWS[1]])):
@@ -144,8 +149,18 @@ def test_evaluate_model_tiny(llms):
         for name in ("text", "m_token", "equal_byte"):  # the scores are the examples' own, averaged
             mine = [p for p in predictions[1:] if p["dataset"] == ds]
             assert r[name]["f1"] == pytest.approx(sum(p[f"f1_{name}"] for p in mine) / len(mine))
-        assert r["m_token"]["tokens"] == M and r["equal_byte"]["bytes"] == B
-    assert predictions[0] == {"earlier": True} and len(predictions) == 1 + len(ROWS)
+    # each cut baseline read its own example's context cut to M tokens / B bytes (every context here
+    # is longer than both), not only reported M and B
+    by_question = {x["question"]: x["context"] for x in ROWS}
+    asked_q = []
+    for variant, prompt in asked:
+        q = prompt[prompt.rindex("\nQuestion: ") + len("\nQuestion: "):len(prompt) - len(llm.template.suffix)]
+        full, cut = by_question[q], context_of(llm, prompt)
+        want = {"text": full, "m_token": cut_tokens(llm, full, M), "equal_byte": full.encode()[:B].decode()}[variant]
+        assert cut == want, (variant, q)
+        asked_q.append((variant, q))
+    assert sorted(asked_q) == sorted((v, x["question"]) for v in ("text", "m_token", "equal_byte") for x in ROWS)
+    assert predictions[0] == earlier and len(predictions) == 1 + len(ROWS)
     assert [(p["dataset"], p["id"]) for p in predictions[1:]] == [("nq", "n1"), ("squad", "s1"), ("squad", "s2")]
     for p in predictions[1:]:
         row = next(r for r in ROWS if r["id"] == p["id"])
@@ -157,7 +172,9 @@ def test_evaluate_model_tiny(llms):
 def test_evaluate_model_scores_each_baseline(llms, monkeypatch):
     """An oracle reader that answers only when the gold answer is in the context it was sent:
     the answer late in a long context survives the text baseline, not the two cut ones."""
-    llm, M, B = llms["qwen"], 6, 30
+    llm, B = llms["qwen"], 30
+    M = ntok(llm, "The Seine flows")  # s1's first words, in this tokenizer's tokens
+    assert M < ntok(llm, LONG) // 2  # s2's answer ends LONG: far past M
     golds = {r["question"]: r["answers"] for r in ROWS}
     calls = []
 
@@ -175,7 +192,7 @@ def test_evaluate_model_scores_each_baseline(llms, monkeypatch):
     res = evaluate_model(llm, ROWS, M, B, max_new_tokens=5, batch_size=7, predictions=predictions)
     assert sorted(calls) == sorted((f"qwen/{ds}/{name}", 5, 7, n) for ds, n in (("squad", 2), ("nq", 1))
                                    for name in ("text", "m_token", "equal_byte"))
-    # squad: s1's answer opens its context (kept by every cut); s2's is past 6 tokens / 30 bytes
+    # squad: s1's answer opens its context (kept by every cut); s2's is past M tokens / 30 bytes
     assert res["squad"]["text"] == {"f1": 1.0, "em": 1.0}
     assert res["squad"]["m_token"] == {"f1": 0.5, "em": 0.5, "tokens": M}
     assert res["squad"]["equal_byte"] == {"f1": 0.5, "em": 0.5, "bytes": B}
@@ -228,10 +245,64 @@ evaluate: {{max_new_tokens: 3, batch_size: 2, max_examples: 1}}
         ("llama", "n1"), ("llama", "s1"), ("qwen", "n1"), ("qwen", "s1")]
 
 
+def test_a_new_M_reuses_the_full_text(tiny_models, tmp_path, monkeypatch):
+    """The full text depends on no M: after `-S stage3.M=...` the text stage answers only the
+    cuts again, and the full text's answers and numbers are the saved ones."""
+    from latentwire import baselines as bl
+    eval_path = tmp_path / "eval.jsonl"
+    eval_path.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    calls = []
+    real = bl.generate_text
+    monkeypatch.setattr(bl, "generate_text", lambda llm, prompts, *a, desc="", **k:
+                        calls.append(desc) or real(llm, prompts, *a, desc=desc, **k))
+    out = {}
+    for M in (16, 8):
+        params = tmp_path / "params.yaml"
+        params.write_text(f"""
+models:
+  llama: {{source: local, path: "{tiny_models['llama']}"}}
+encoder: {{kind: bytes, d_z: 32, layers: 1, heads: 2, max_bytes: 64}}
+stage3: {{M: {M}}}
+evaluate: {{max_new_tokens: 3, batch_size: 2}}
+""", encoding="utf-8")
+        calls.clear()
+        out[M] = bl.main(str(params), str(eval_path), str(tmp_path / "b" / "text_baselines.json"))
+        ran = {c.rsplit("/", 1)[1] for c in calls}
+        assert ran == ({"text", "m_token", "equal_byte"} if M == 16 else {"m_token", "equal_byte"}), calls
+    for ds in ("squad", "nq"):
+        assert out[8]["llama"][ds]["text"] == out[16]["llama"][ds]["text"]
+        assert out[8]["llama"][ds]["m_token"]["tokens"] == 8 and out[16]["llama"][ds]["m_token"]["tokens"] == 16
+    assert out[8]["equal_byte_budget"] < out[16]["equal_byte_budget"]  # the byte payload shrinks with M
+    units = sorted(f.name.rsplit("-", 1)[0] for f in (tmp_path / "b" / "partial" / "text").glob("*.json"))
+    assert units == ["llama-cuts", "llama-full"]  # the M=16 cuts' unit is gone, the full text's kept
+
+
+def test_the_byte_budget_is_a_real_payload(tiny_models, tmp_path):
+    """kind bytes: the text stage measures the budget without the encoder (a packed block of
+    zeros of the codec's shape); it must weigh what the encoder's own payload weighs."""
+    from latentwire import baselines as bl
+    from latentwire.config import load_params
+    from latentwire.latent import LatentWire
+    from latentwire import payload
+    params = tmp_path / "params.yaml"
+    params.write_text(f"""
+models:
+  llama: {{source: local, path: "{tiny_models['llama']}"}}
+  qwen: {{source: local, path: "{tiny_models['qwen']}"}}
+encoder: {{kind: bytes, d_z: 32, layers: 1, heads: 2, max_bytes: 64}}
+wire: {{bits: 8, shared_fraction: 0.75}}
+stage3: {{M: 12}}
+""", encoding="utf-8")
+    p = load_params(params)
+    lw = LatentWire(p, 12, hidden={"llama": 8, "qwen": 8})
+    real = {r["id"]: len(payload.pack(lat, lw.codec.codebook)) for r, lat in zip(ROWS, lw.codec.latents(ROWS))}
+    assert bl.send_all(p, ROWS, tmp_path / "no-pick").nbytes == real
+
+
 def test_text_baselines_packed_and_dense_answer_alike(tiny_models, tmp_path, monkeypatch):
     """evaluate.prepack swaps the kernel, not the answers: every prediction as with dense nn.Linear."""
     swapped = []
-    monkeypatch.setattr(evaluate, "pack", lambda model: swapped.append(packed.pack(model)))
+    monkeypatch.setattr(baselines, "pack", lambda model: swapped.append(packed.pack(model)))
     eval_path = tmp_path / "eval.jsonl"
     eval_path.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
     predictions = {}

@@ -12,22 +12,25 @@ from fake_eval import fake_metrics, prediction
 from latentwire import __main__ as cli
 from latentwire import report
 
-# header -> metric keys under <model>.<dataset> (written out here, not taken from report.py)
-EXPECTED = {
-    "n": ["n"],
-    "text": ["text.f1", "text.em"],
-    "equal-byte": ["equal_byte.f1", "equal_byte.em"],
-    "M-token": ["m_token.f1", "m_token.em"],
-    "latent fp16": ["latent_fp16.f1", "latent_fp16.em"],
-    "latent int8": ["latent_int8.f1", "latent_int8.em"],
-    "latent int4": ["latent_int4.f1", "latent_int4.em"],
-    "wire B (int4)": ["bytes.int4.per_model"],
-    "text/wire (int4)": ["bytes.int4.text_over_wire"],
-    "tokens/M": ["tokens_over_M"],
-    "distinct (int4)": ["latent_int4.distinct_ratio"],
-    "positions text/latent": ["positions.text_over_latent"],
-    "Z cos": ["soft_pairwise_cosine"],
-}
+
+def expected(prec: str, selected: bool = True) -> dict[str, list[str]]:
+    """Table header -> metric keys under <model>.<dataset> (written out here, not taken from
+    report.py); `prec` the latent's name (ids, or int4 ... for the bytes sender)."""
+    cols = {"n": ["n"], "text": ["text.f1", "text.em"], "equal-byte": ["equal_byte.f1", "equal_byte.em"],
+            "M-token": ["m_token.f1", "m_token.em"]}
+    if selected:
+        cols |= {"selected text": ["selected_text.f1", "selected_text.em"],
+                 "selected equal-byte": ["selected_equal_byte.f1", "selected_equal_byte.em"]}
+    return cols | {f"latent {prec}": [f"latent_{prec}.f1", f"latent_{prec}.em"],
+                   f"wire B ({prec})": [f"bytes.{prec}.per_model"],
+                   f"text/wire ({prec})": [f"bytes.{prec}.text_over_wire"],
+                   "tokens/M": ["tokens_over_M"],
+                   f"distinct ({prec})": [f"latent_{prec}.distinct_ratio"],
+                   "positions text/latent": ["positions.text_over_latent"],
+                   "Z cos": ["soft_pairwise_cosine"]}
+
+
+EXPECTED = expected("ids")
 
 
 def get(blob, dotted):
@@ -53,9 +56,11 @@ def tables(md: str) -> list[list[dict]]:
     return out
 
 
-def check_cells(row: dict, values: dict) -> None:
-    """Each cell 'a / b' holds the values of EXPECTED[header], to the printed precision."""
-    for header, keys in EXPECTED.items():
+def check_cells(row: dict, values: dict, cols: dict = EXPECTED) -> None:
+    """The row has exactly the columns of `cols`, and each cell 'a / b' holds the values of
+    cols[header], to the printed precision."""
+    assert list(row) == ["model", "dataset", *cols]
+    for header, keys in cols.items():
         cells = row[header].split(" / ")
         assert len(cells) == len(keys), (header, row[header])
         for c, k in zip(cells, keys):
@@ -73,22 +78,26 @@ def test_table_equals_eval_json(tmp_path):
     metrics = fake_metrics(seed=3, datasets=("hotpotqa", "nq", "squad"))
     write_eval(tmp_path, metrics)
     md = report.build_report(str(tmp_path / "metrics/eval.json"))
-    (rows,) = tables(md)
+    rows = tables(md)[0]
     assert [(r["model"], r["dataset"]) for r in rows] == [
         (m, d) for m in ("llama", "qwen") for d in ("hotpotqa", "nq", "squad")]
     for row in rows:
         res = metrics[row["model"]][row["dataset"]]
         check_cells(row, {k: get(res, k) for keys in EXPECTED.values() for k in keys})
-    assert "reported precision **int4**" in md and "int4 289" in md  # wire bytes per model at M=32
+    assert "reported precision **ids**" in md and f"ids {metrics['wire']['ids']['per_model']:.0f}" in md
 
 
 def test_reported_precision_follows_reported_bits(tmp_path):
-    metrics = fake_metrics(seed=4, models=("llama",), bits=8)
+    """The bytes sender at wire.bits 8: the int8 columns, from evaluate's own metrics."""
+    metrics = fake_metrics(seed=4, models=("llama",), kind="bytes", bits=8)
     write_eval(tmp_path, metrics)
-    (rows,) = tables(report.build_report(str(tmp_path / "metrics/eval.json")))
-    res = metrics["llama"]["nq"]
-    assert float(rows[0]["wire B (int8)"]) == res["bytes"]["int8"]["per_model"] == 545
-    assert float(rows[0]["distinct (int8)"]) == pytest.approx(res["latent_int8"]["distinct_ratio"], abs=0.006)
+    md = report.build_report(str(tmp_path / "metrics/eval.json"))
+    rows = tables(md)[0]
+    cols = expected("int8", selected=False)
+    for row in rows:
+        res = metrics[row["model"]][row["dataset"]]
+        check_cells(row, {k: get(res, k) for keys in cols.values() for k in keys}, cols)
+    assert "reported precision **int8**" in md
 
 
 def test_worst_examples(tmp_path):
@@ -99,10 +108,10 @@ def test_worst_examples(tmp_path):
              prediction("qwen", "squad", "q|2", 0.9, 0.1)]
     write_eval(tmp_path, metrics, preds)
     md = report.build_report(str(tmp_path / "metrics/eval.json"), str(tmp_path / "predictions.jsonl"), worst=2)
-    _, llama, qwen = tables(md)
+    llama, qwen = tables(md)[-2:]
     assert [r["id"] for r in llama] == ["a", "b"]  # latent - text F1: -1.0, -0.5 (c: -0.2 is 3rd)
     assert llama[0]["text answer (F1)"] == "text says a (1.00)"
-    assert llama[0]["latent int4 answer (F1)"] == "latent says a (0.00)"
+    assert llama[0]["latent ids answer (F1)"] == "latent says a (0.00)"
     assert llama[0]["gold"] == "gold a" and llama[0]["question"] == "Question a?"
     assert [r["id"] for r in qwen] == ["q\\|2", "q1"]  # a | in a cell is escaped
 
@@ -128,6 +137,7 @@ def test_base_deltas_come_from_dvc_metrics_diff(tmp_path, monkeypatch, capsys):
     sh(*git, "commit", "-qm", "base")
     new = fake_metrics(seed=2)
     del new["qwen"]["nq"]  # a row only the base has
+    new["llama"]["nq"]["bytes"]["ids"]["per_model"] = old["llama"]["nq"]["bytes"]["ids"]["per_model"]  # unchanged
     write_eval(repo, new)
     sh(*git, "commit", "-qam", "change")
 
@@ -135,7 +145,7 @@ def test_base_deltas_come_from_dvc_metrics_diff(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     md = captured.out
     assert "done in" not in md and "done in" in captured.err  # stdout is only the Markdown
-    table, delta = tables(md)
+    table, delta = tables(md)[0], tables(md)[-1]
     assert [(r["model"], r["dataset"]) for r in delta] == [("llama", "nq"), ("llama", "squad"), ("qwen", "squad")]
     for row in table:
         res = new[row["model"]][row["dataset"]]
@@ -143,7 +153,8 @@ def test_base_deltas_come_from_dvc_metrics_diff(tmp_path, monkeypatch, capsys):
     for row in delta:
         o, n = old[row["model"]][row["dataset"]], new[row["model"]][row["dataset"]]
         check_cells(row, {k: get(n, k) - get(o, k) for keys in EXPECTED.values() for k in keys})
-        assert row["wire B (int4)"] == "+0" and row["text"].split(" / ")[0][0] in "+-"
+        assert row["text"].split(" / ")[0][0] in "+-"
+    assert delta[0]["wire B (ids)"] == "+0"  # llama nq: the same in both
     assert "Only in `HEAD~1`: `qwen.nq`" in md
 
     assert cli.main(["report", "--base", "no-such-rev"]) == 1  # DVC's error, one line, no traceback
@@ -170,7 +181,7 @@ def test_base_without_metrics_is_named(tmp_path, monkeypatch, capsys):
 
     assert cli.main(["report", "--base", "HEAD~1"]) == 0
     md = capsys.readouterr().out
-    assert len(tables(md)) == 1  # the table of the workspace, no delta table
+    assert len(tables(md)) == len(tables(report.build_report("metrics/eval.json")))  # no delta table
     assert "`HEAD~1` has no `metrics/eval.json`: no deltas" in md
 
 
@@ -183,3 +194,53 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["report", "--metrics", str(tmp_path / "bad.json")]) == 1
     err = capsys.readouterr().err
     assert "no model x dataset results" in err and "Traceback" not in err
+
+
+def test_ci_section_prints_each_interval_where_it_is(tmp_path):
+    """latent minus each baseline: 'diff [lo, hi]' per model x dataset and pooled per model; '–' where a
+    CI is missing; no column for a baseline that has none anywhere."""
+    metrics = fake_metrics(seed=8)
+    ci = lambda d, lo, hi: {"diff": d, "lo": lo, "hi": hi, "n": 2, "clusters": 2}  # noqa: E731
+    for slot in ("llama", "qwen"):
+        for key in ("nq", "squad", "pooled"):
+            metrics[slot][key]["ci"].pop("selected_equal_byte")
+    metrics["llama"]["squad"]["ci"]["text"] = ci(0.1, -0.05, 0.25)
+    metrics["llama"]["pooled"]["ci"]["text"] = ci(-0.125, -0.5, 0.0)
+    metrics["qwen"]["nq"]["ci"]["m_token"] = ci(0.0, -0.0004, 0.0004)
+    del metrics["qwen"]["squad"]["ci"]["equal_byte"]
+    del metrics["qwen"]["pooled"]
+    md = "\n".join(report.ci_section(metrics, [(s, d) for s in ("llama", "qwen") for d in ("nq", "squad")], "ids"))
+    (rows,) = tables(md)
+    assert "### Latent ids minus each baseline" in md
+    assert list(rows[0]) == ["model", "dataset", "text", "equal-byte", "M-token", "selected text"]
+    assert [(r["model"], r["dataset"]) for r in rows] == [
+        ("llama", "nq"), ("llama", "squad"), ("qwen", "nq"), ("qwen", "squad"), ("llama", "**pooled**")]
+    assert rows[1]["text"] == "+0.100 [-0.050, +0.250]"
+    assert rows[4]["text"] == "-0.125 [-0.500, +0.000]"
+    assert rows[2]["M-token"] == "+0.000 [-0.000, +0.000]"
+    assert rows[3]["equal-byte"] == "–"
+    c = metrics["qwen"]["nq"]["ci"]["selected_text"]
+    assert rows[2]["selected text"] == f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]"
+    for slot in ("llama", "qwen"):  # no CI at all: no section
+        for key in ("nq", "squad", "pooled"):
+            metrics[slot].get(key, {}).pop("ci", None)
+    assert report.ci_section(metrics, [("llama", "nq")], "ids") == []
+
+
+def test_pick_section_prints_each_dataset_recall():
+    metrics = fake_metrics(seed=9, datasets=("hotpotqa", "nq", "squad"))
+    metrics["pick"]["hotpotqa"].update(n=7, M=64, pick_recall=0.5, support_recall=0.85, lexical=0.1,
+                                       answer_in_context=1.0, m_token_cut=0.0, random=0.004)
+    del metrics["pick"]["nq"]["M"]  # older metrics: the run's M
+    metrics["pick"] = dict(reversed(metrics["pick"].items()))  # rows in dataset order whatever the file's
+    md = "\n".join(report.pick_section(metrics))
+    (rows,) = tables(md)
+    assert list(rows[0]) == ["dataset", "n", "M", "answer in context", "the pick", "supporting facts touched",
+                             "first M tokens", "lexical window", "random window"]
+    assert [r["dataset"] for r in rows] == ["hotpotqa", "nq", "squad"]
+    assert list(rows[0].values())[1:] == ["7", "64", "1.00", "0.50", "0.85", "0.00", "0.10", "0.00"]
+    assert rows[1]["M"] == str(metrics["M"]) and rows[1]["supporting facts touched"] == "–"  # no support facts
+    squad = metrics["pick"]["squad"]
+    assert rows[2]["the pick"] == f"{squad['pick_recall']:.2f}" and rows[2]["random window"] == f"{squad['random']:.2f}"
+    del metrics["pick"]
+    assert report.pick_section(metrics) == []  # the bytes sender: no pick

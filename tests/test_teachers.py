@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny(tmp_path_factory):
     from tiny import make_tiny
     root = tmp_path_factory.mktemp("tiny_teachers")
-    out = {kind: make_tiny(kind, root / kind) for kind in ("llama", "qwen2")}
+    # qwen2 with the llama vocabulary: another model, the same vocabulary
+    out = {kind: make_tiny(kind, root / kind, vocab="llama") for kind in ("llama", "qwen2")}
     # the llama model with one extra token in its tokenizer: another vocabulary
     other = root / "other"
     shutil.copytree(out["llama"], other)

@@ -5,6 +5,12 @@ real checkpoint: config.json + safetensors weights + a byte-level BPE tokenizer 
 on a few hundred words of inline English, with a ChatML chat template. Nothing is downloaded.
 Seeded: the same call writes the same tokenizer and weights.
 
+The two vocabularies differ, as SmolLM2's and Qwen's do: the qwen2 tokenizer is trained on the
+lower-cased text, with more special tokens ahead of the rest and fewer merges, so nearly every
+string has another id there and many llama tokens (" The", " Paris", " S") take several qwen2
+tokens: the ids sender's cross-tokenizer path (adapter.string_table, `slots.split`) runs.
+`make_tiny(kind, folder, vocab="llama")` gives a model with the llama vocabulary instead.
+
 The llama tokenizer has no pad token (as real Llama checkpoints), so `load_frozen` must fall
 back to eos; the qwen2 one has its own <pad>.
 """
@@ -21,6 +27,9 @@ from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
                           Qwen2Config, Qwen2ForCausalLM)
 
 SPECIALS = ["<pad>", "<eos>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# qwen2: three more special tokens first, so every other token's id moves
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>",
+                 "<|fim_suffix|>", "<pad>", "<eos>"]
 
 CHATML = ("{% for message in messages %}"
           "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
@@ -65,28 +74,34 @@ SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key
              initializer_range=0.5)
 
 
-def make_tokenizer(pad: bool) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on TEXT: encodes any string, decodes back exactly."""
+def make_tokenizer(pad: bool, vocab: str = "llama") -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on TEXT (vocab "llama": 400 tokens) or on TEXT lower-cased (vocab
+    "qwen2": 360 tokens, other ids): encodes any string, decodes back exactly."""
+    if vocab not in ("llama", "qwen2"):
+        raise ValueError(f"vocab must be 'llama' or 'qwen2', not {vocab!r}")
+    specials, size, text = (SPECIALS, 400, TEXT) if vocab == "llama" else (QWEN_SPECIALS, 360, TEXT.lower())
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(TEXT.splitlines(), trainer=trainer)
+    tok.train_from_iterator(text.splitlines(), trainer=trainer)
+    extra = [t for t in specials if t not in ("<pad>", "<eos>", "<|endoftext|>")]
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>",
                                    pad_token="<pad>" if pad else None,
-                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+                                   additional_special_tokens=extra)
     fast.chat_template = CHATML
     return fast
 
 
-def make_tiny(kind: str, folder: Path) -> Path:
-    """Save a tiny random `kind` ("llama" or "qwen2") model + tokenizer into `folder`."""
+def make_tiny(kind: str, folder: Path, vocab: str | None = None) -> Path:
+    """Save a tiny random `kind` ("llama" or "qwen2") model + tokenizer into `folder`; the
+    tokenizer is `vocab`'s (default: the kind's own)."""
     if kind not in ("llama", "qwen2"):
         raise ValueError(f"kind must be 'llama' or 'qwen2', not {kind!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = make_tokenizer(pad=kind == "qwen2")
+    tokenizer = make_tokenizer(pad=kind == "qwen2", vocab=vocab or kind)
     ids = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
                bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     if kind == "llama":
