@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -65,7 +66,9 @@ def test_teacher_kd_compare_on_caches_of_the_tiny_models(kd_caches, tmp_path, ca
     for r, slot in zip(rows, ("llama", "qwen")):
         side = json.loads((kd_caches / f"{slot}.json").read_text())
         assert r["n"] == 6 and r["teacher_hash"] == side["teacher_hash"]
-        assert 0 <= r["top1_first"] <= 1 and 0 <= r["top1_all"] <= 1 and r["entropy"] > 0
+        t = load_file(str(kd_caches / f"{slot}.safetensors"))  # counted here example by example
+        hits = [int(t["top_idx"][i, 0, 0]) == int(t["answer_ids"][i, 0]) for i in range(len(t["answer_ids"]))]
+        assert r["top1_first"] == pytest.approx(sum(hits) / len(hits)) and r["entropy"] > 0
         assert f"{r['path']}: n=6 teacher_hash={r['teacher_hash'][:16]} top-1 = gold first token" in out
     assert rows[2]["top1_first"] == rows[2]["top1_all"] == 1.0 and rows[2]["entropy"] == rows[1]["entropy"]
 
