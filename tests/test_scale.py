@@ -102,10 +102,12 @@ def test_two_cpu_processes_match_one(project, monkeypatch):
     """`python -m latentwire train stage1` with LATENTWIRE_PROCESSES=2 re-runs itself under
     accelerate launch (2 CPU ranks, gloo). Each rank takes half of every batch and the
     gradients are averaged, so the losses equal the single-process run's up to float
-    reduction order (measured: < 5e-7 relative; we allow 1e-5). hard_negative is off here:
-    its weights are normalised per batch, i.e. per rank's half (~1% apart when on)."""
+    reduction order (measured: < 5e-7 relative; we allow 1e-5). Two things are off here:
+    hard_negative (its weights are normalised per batch, i.e. per rank's half: ~1% apart when
+    on), and qat for the byte sender (its 4-bit rounding turns that 5e-7 into a whole step when a
+    value sits at a rounding boundary: measured 0.1% apart on qwen at step 4 when on)."""
     monkeypatch.chdir(project)
-    set_params(project, train={"hard_negative": False})
+    set_params(project, train={"hard_negative": False, "qat": False})
     kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
     env = {k: v for k, v in os.environ.items() if k not in ("LATENTWIRE_PROCESSES", "WORLD_SIZE")}
     cmd = [sys.executable, "-m", "latentwire", "train", "stage1", "--params", "params.yaml"]
