@@ -27,7 +27,7 @@ DATASETS = ("hotpotqa", "nq", "squad")
 @lru_cache(maxsize=None)
 def real_eval(kind: str = "ids", bits: int = 4) -> tuple[dict, list[dict]]:
     """(metrics, predictions) of one real `evaluate.main` run on the tiny models: two rows of
-    each of DATASETS, encoder.kind `kind` (bytes: at wire.bits `bits`), untrained adapters."""
+    each of DATASETS, encoder.kind `kind` (bytes: at bytes.bits `bits`), untrained adapters."""
     import torch
 
     from tiny import fit_pick, make_tiny, qa_rows
@@ -43,8 +43,7 @@ def real_eval(kind: str = "ids", bits: int = 4) -> tuple[dict, list[dict]]:
     raw["models"] = {s: {"source": "local", "path": str(p)} for s, p in models.items()}
     raw["encoder"]["kind"] = kind
     if kind == "bytes":
-        raw["encoder"].update(d_z=32, layers=1, heads=2, max_bytes=64)
-        raw["wire"]["bits"] = bits
+        raw["bytes"].update(d_z=32, layers=1, heads=2, max_bytes=64, bits=bits)
     raw["pick"].update(spans=[6], hidden=8, epochs=1)
     raw["stage3"]["M"] = 8
     for d in raw["data"]["datasets"].values():

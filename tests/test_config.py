@@ -44,8 +44,8 @@ def error(path: Path) -> str:
 def test_repo_params_load():
     p = load_params(REPO / "params.yaml")
     assert isinstance(p, Params)
-    assert (p.seed, p.stage3.M, p.wire.bits, p.wire.d_wire, p.wire.shared_fraction) == (0, 32, 4, 16, 1.0)
-    assert (p.encoder.kind, p.encoder.feature_model) == ("ids", "llama")
+    assert (p.seed, p.stage3.M, p.bytes.bits, p.bytes.d_wire, p.bytes.shared_fraction) == (0, 32, 4, 16, 1.0)
+    assert (p.encoder.kind, p.ids.feature_model, p.train.adapter_rank) == ("ids", "llama", 64)
     assert set(p.data.datasets) == {"squad", "hotpotqa", "hotpotqa_distractor", "nq"}
     assert p.data.datasets["hotpotqa"].hub_config == "distractor"
     assert p.data.datasets["hotpotqa"].train_path.endswith("hotpot_distractor_multisource_2k.json.gz")
@@ -66,7 +66,7 @@ def test_round_trip_unchanged(tmp_path):
     assert load_params(edited(tmp_path, {})) == load_params(REPO / "params.yaml")
 
 
-@pytest.mark.parametrize("dotted", ["bogus", "data.datasets.squad.bogus", "wire.bitz",
+@pytest.mark.parametrize("dotted", ["bogus", "data.datasets.squad.bogus", "bytes.bitz",
                                     "evaluate.batch_sise", "models.llama.revision"])
 def test_unknown_key(tmp_path, dotted):
     msg = error(edited(tmp_path, {dotted: 1}))
@@ -82,9 +82,9 @@ def test_unknown_key_in_list_item(tmp_path):
 
 
 @pytest.mark.parametrize("dotted, value, expected", [
-    ("wire.bits", "four", "params.wire.bits: expected int, got str 'four'"),
-    ("wire.bits", 5, "params.wire: bits=5: expected one of [16, 8, 4]"),
-    ("wire.bits", 4.0, "params.wire.bits: expected int, got float"),
+    ("bytes.bits", "four", "params.bytes.bits: expected int, got str 'four'"),
+    ("bytes.bits", 5, "params.bytes: bits=5: expected one of [16, 8, 4]"),
+    ("bytes.bits", 4.0, "params.bytes.bits: expected int, got float"),
     ("evaluate.batch_size", True, "params.evaluate.batch_size: expected int, got bool True"),
     ("evaluate.max_examples", "10", "params.evaluate.max_examples: expected int, got str"),
     ("data.datasets.squad.weight", "heavy", "params.data.datasets.squad.weight: expected float"),
@@ -94,7 +94,7 @@ def test_unknown_key_in_list_item(tmp_path):
     ("models.llama.dtype", "float64", "params.models.llama: dtype='float64'"),
     ("prompt.use_chat_template", "yes", "params.prompt.use_chat_template: expected bool"),
     ("cache_dir", 3, "params.cache_dir: expected str, got int"),
-    ("wire", 4, "params.wire: expected a mapping, got int"),
+    ("bytes", 4, "params.bytes: expected a mapping, got int"),
 ])
 def test_wrong_type_names_the_key(tmp_path, dotted, value, expected):
     assert expected in error(edited(tmp_path, {dotted: value}))
@@ -116,15 +116,15 @@ def test_source_requirements(tmp_path):
 
 
 def test_int_to_float_coercion(tmp_path):
-    p = load_params(edited(tmp_path, {"data.datasets.squad.weight": 2, "wire.shared_fraction": 1,
+    p = load_params(edited(tmp_path, {"data.datasets.squad.weight": 2, "bytes.shared_fraction": 1,
                                       "evaluate.max_examples": 3}))
     assert type(p.data.datasets["squad"].weight) is float and p.data.datasets["squad"].weight == 2.0
-    assert type(p.wire.shared_fraction) is float and p.wire.shared_fraction == 1.0
+    assert type(p.bytes.shared_fraction) is float and p.bytes.shared_fraction == 1.0
     assert p.evaluate.max_examples == 3
 
 
 def test_value_ranges(tmp_path):
-    assert "shared_fraction" in error(edited(tmp_path, {"wire.shared_fraction": 1.5}))
+    assert "shared_fraction" in error(edited(tmp_path, {"bytes.shared_fraction": 1.5}))
     assert "eval_fraction" in error(edited(tmp_path, {"data.eval_fraction": 1}))
     assert "params.stage3" in error(edited(tmp_path, {"stage3.M": 0}))
 
@@ -199,5 +199,14 @@ def test_params_yaml_is_the_one_source_of_defaults():
 
 
 def test_a_dataset_M_needs_the_ids_sender(tmp_path):
-    path = edited(tmp_path, {"encoder.kind": "bytes", "wire.shared_fraction": 1.0})
+    path = edited(tmp_path, {"encoder.kind": "bytes"})
     assert "a dataset's own M needs encoder.kind ids" in error(path)
+
+
+@pytest.mark.parametrize("dotted, now", [("encoder.d_z", "bytes.d_z"), ("train.qat", "bytes.qat"),
+                                         ("encoder.feature_model", "ids.feature_model"),
+                                         ("encoder.adapter_rank", "train.adapter_rank"), ("wire", "bytes")])
+def test_a_moved_key_says_where_it_lives_now(tmp_path, dotted, now):
+    """Each sender's knobs live in its own section (dvc.yaml declares ${encoder.kind}); a params
+    file of the earlier layout is refused with the new name of each key."""
+    assert f"{dotted} is now {now}" in error(edited(tmp_path, {dotted: 1}))

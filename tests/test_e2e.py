@@ -36,7 +36,7 @@ def project(tmp_path_factory, shared_data):
     for ds in raw["data"]["datasets"].values():
         ds["max_eval"] = 3
     raw["models"] = {"llama": raw["models"]["llama"]}  # the real SmolLM2 only, to stay fast
-    raw["encoder"].update(d_z=64, layers=2, heads=2, max_bytes=256)
+    raw["bytes"].update(d_z=64, layers=2, heads=2, max_bytes=256)
     raw["kd"].update(k=8, K_max=3, batch_size=4)
     raw["train"].update(batch_size=4, dev_examples=4, eval_every=1, save_every=1, max_steps=2)
     raw["evaluate"].update(max_new_tokens=4, batch_size=4)
@@ -110,18 +110,36 @@ def ran(out: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out))
 
 
-def test_dvc_status_after_a_new_M_names_exactly_its_dependents(project):
-    """What README "Experiments" lists for -S stage3.M=16, read from `dvc status`, nothing run."""
+def stale_after(project, **changes) -> set[str]:
+    """The stages `dvc status` names after setting the dotted params `changes`; nothing is run."""
     params = project / "params.yaml"
     text = params.read_text()
     raw = yaml.safe_load(text)
-    raw["stage3"]["M"] = 16
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        section = raw
+        for p in parents:
+            section = section[p]
+        section[key] = value
     try:
         params.write_text(yaml.safe_dump(raw, sort_keys=False))
-        status = json.loads(sh(project, sys.executable, "-m", "dvc", "status", "--json"))
+        return set(json.loads(sh(project, sys.executable, "-m", "dvc", "status", "--json")))
     finally:
         params.write_text(text)
-    assert set(status) == {"curriculum-stage@stage3", "text-baselines", "evaluate"}, status
+
+
+def test_dvc_status_after_a_new_M_names_exactly_its_dependents(project):
+    """What README "Experiments" lists for -S stage3.M=16, read from `dvc status`, nothing run."""
+    assert stale_after(project, stage3__M=16) == {"curriculum-stage@stage3", "text-baselines", "evaluate"}
+
+
+def test_the_other_senders_knobs_rerun_nothing(project):
+    """The stages declare ${encoder.kind}'s own section: under ids, the byte encoder's knobs
+    (its width, wire precision, qat, hint loss) are not theirs, while the ids sender's are."""
+    assert stale_after(project, bytes__d_z=128, bytes__bits=8, bytes__qat=False, bytes__hint_weight=0.5) == set()
+    assert "curriculum-stage@stage1" in stale_after(project, train__adapter_rank=8)
+    assert {"pick", "curriculum-stage@stage1", "text-baselines", "evaluate"} <= stale_after(
+        project, ids__feature_model="qwen")
 
 
 def test_params_change_reruns_only_dependents(project):

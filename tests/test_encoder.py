@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from latentwire.adapter import Adapter
-from latentwire.config import EncoderConfig
+from latentwire.config import BytesConfig
 from latentwire.encoder import LatentEncoder, encode_bytes, hint_bucket
 
 SLOTS = ["llama", "qwen"]
-CFG = EncoderConfig(d_z=32, layers=2, heads=4, max_bytes=64, hint_buckets=8)
+CFG = BytesConfig(d_z=32, layers=2, heads=4, max_bytes=64, hint_buckets=8)
 
 
 def make(M=64, frac=0.75, seed=0):

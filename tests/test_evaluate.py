@@ -223,7 +223,8 @@ models:
   qwen: {{source: hub, hub_id: "{tiny_models['qwen']}"}}
 prompt: {{example_context: "The Eiffel Tower was completed in 1889.",
           example_question: "When?", example_answer: "1889"}}
-encoder: {{kind: bytes, d_z: 32, layers: 1, heads: 2, max_bytes: 64}}
+encoder: {{kind: bytes}}
+bytes: {{d_z: 32, layers: 1, heads: 2, max_bytes: 64}}
 stage3: {{M: 32}}
 evaluate: {{max_new_tokens: 3, batch_size: 2, max_examples: 1}}
 """, encoding="utf-8")
@@ -261,7 +262,8 @@ def test_a_new_M_reuses_the_full_text(tiny_models, tmp_path, monkeypatch):
         params.write_text(f"""
 models:
   llama: {{source: local, path: "{tiny_models['llama']}"}}
-encoder: {{kind: bytes, d_z: 32, layers: 1, heads: 2, max_bytes: 64}}
+encoder: {{kind: bytes}}
+bytes: {{d_z: 32, layers: 1, heads: 2, max_bytes: 64}}
 stage3: {{M: {M}}}
 evaluate: {{max_new_tokens: 3, batch_size: 2}}
 """, encoding="utf-8")
@@ -289,8 +291,8 @@ def test_the_byte_budget_is_a_real_payload(tiny_models, tmp_path):
 models:
   llama: {{source: local, path: "{tiny_models['llama']}"}}
   qwen: {{source: local, path: "{tiny_models['qwen']}"}}
-encoder: {{kind: bytes, d_z: 32, layers: 1, heads: 2, max_bytes: 64}}
-wire: {{bits: 8, shared_fraction: 0.75}}
+encoder: {{kind: bytes}}
+bytes: {{d_z: 32, layers: 1, heads: 2, max_bytes: 64, bits: 8, shared_fraction: 0.75}}
 stage3: {{M: 12}}
 """, encoding="utf-8")
     p = load_params(params)
@@ -312,7 +314,8 @@ def test_text_baselines_packed_and_dense_answer_alike(tiny_models, tmp_path, mon
 models:
   llama: {{source: local, path: "{tiny_models['llama']}"}}
   qwen: {{source: local, path: "{tiny_models['qwen']}"}}
-encoder: {{kind: bytes, d_z: 32, layers: 1, heads: 2, max_bytes: 64}}
+encoder: {{kind: bytes}}
+bytes: {{d_z: 32, layers: 1, heads: 2, max_bytes: 64}}
 stage3: {{M: 4}}
 evaluate: {{max_new_tokens: 4, batch_size: 2, prepack: {str(prepack).lower()}}}
 """, encoding="utf-8")

@@ -99,7 +99,7 @@ def test_no_pickle_anywhere():
 def test_corrupted_checkpoint_is_refused(tmp_path):
     from latentwire.latent import LatentWire
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["encoder"].update(d_z=32, layers=1, heads=2, max_bytes=64)
+    raw["bytes"].update(d_z=32, layers=1, heads=2, max_bytes=64)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(tmp_path / "p.yaml")
     kw = dict(hidden={"llama": 16, "qwen": 24}, target_norm={"llama": 1.0, "qwen": 2.0})

@@ -373,4 +373,4 @@ def test_the_features_cache_is_hit_and_keyed_on_what_it_reads(project, trained, 
     assert run(base, pool) == []    # unchanged: every feature read back
     assert run({**base, "pick": {**base["pick"], "max_tokens": 64}}, pool) == [40]
     assert run(base, fewer) == [39]
-    assert run({**base, "encoder": {**base["encoder"], "feature_model": "qwen"}}, pool) == [40]  # its own vocabulary
+    assert run({**base, "ids": {"feature_model": "qwen"}}, pool) == [40]  # its own vocabulary

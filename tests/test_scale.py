@@ -107,7 +107,7 @@ def test_two_cpu_processes_match_one(project, monkeypatch):
     on), and qat for the byte sender (its 4-bit rounding turns that 5e-7 into a whole step when a
     value sits at a rounding boundary: measured 0.1% apart on qwen at step 4 when on)."""
     monkeypatch.chdir(project)
-    set_params(project, train={"hard_negative": False, "qat": False})
+    set_params(project, train={"hard_negative": False}, bytes={"qat": False})
     kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
     env = {k: v for k, v in os.environ.items() if k not in ("LATENTWIRE_PROCESSES", "WORLD_SIZE")}
     cmd = [sys.executable, "-m", "latentwire", "train", "stage1", "--params", "params.yaml"]

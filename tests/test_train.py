@@ -1,6 +1,7 @@
 """The curriculum on tiny models: kd cache -> stage1 (M=8) -> stage2 (M=6) -> stage3 (M=4) ->
 latent evaluation; resume after an interrupted stage; refusal of a mismatched checkpoint."""
 import json
+import re
 import os
 import shutil
 from pathlib import Path
@@ -34,12 +35,12 @@ def project(request, tmp_path, tiny_models):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["models"] = {"llama": {"source": "local", "path": str(tiny_models["llama"])},
                      "qwen": {"source": "local", "path": str(tiny_models["qwen"])}}
-    raw["encoder"].update(kind=request.param, d_z=32, layers=1, heads=2, max_bytes=96, hint_buckets=4)
+    raw["encoder"]["kind"] = request.param
+    raw["bytes"].update(d_z=32, layers=1, heads=2, max_bytes=96, hint_buckets=4, d_wire=8)
     if request.param == "bytes":  # the byte encoder reads every dataset at stage3.M (config.py says so)
         for d in raw["data"]["datasets"].values():
             d["M"] = None
     raw["pick"].update(spans=[4], hidden=8, epochs=2)
-    raw["wire"]["d_wire"] = 8
     raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 4}
     raw["train"] = {"batch_size": 4, "dev_examples": 4, "eval_every": 2, "save_every": 1,
                     "lr": 3e-3}
@@ -141,9 +142,15 @@ def test_mismatched_checkpoint_is_refused(project, monkeypatch):
     kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
     run_stage(project, "stage1", monkeypatch)
     params = load_params("params.yaml")
-    params.encoder.d_z = 64
-    lw = LatentWire(params, 8, hidden={"llama": 32, "qwen": 32}, target_norm={"llama": 1.0, "qwen": 1.0})
-    with pytest.raises(ValueError, match=r"d_z: checkpoint 32 != params 64"):
+    hidden = {"llama": 32, "qwen": 32}
+    if params.encoder.kind == "ids":  # another codebook; the byte encoder's knobs are not its own
+        params.bytes.d_z = 64
+        LatentWire(params, 8, hidden=hidden).load(project / "models/stage1/best")
+        params.ids.feature_model, expected = "qwen", "feature_model: checkpoint 'llama' != params 'qwen'"
+    else:
+        params.bytes.d_z, expected = 64, "d_z: checkpoint 32 != params 64"
+    lw = LatentWire(params, 8, hidden=hidden, target_norm={"llama": 1.0, "qwen": 1.0})
+    with pytest.raises(ValueError, match=re.escape(expected)):
         lw.load(project / "models/stage1/best")
 
 

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import payload, pick, placement
-from .config import Params, load_params
+from .config import Params, load_params, sender_params
 from .io import peak_rss_mb, write_json
 from .llm import FrozenLLM, load_frozen
 from .metrics import best_em, best_f1
@@ -49,7 +49,7 @@ PRECISIONS = {"fp16": 16, "int8": 8, "int4": 4}
 
 def code_name(params: Params) -> str:
     """The latent's name in the metrics: ids, or the precision of the continuous values."""
-    return "ids" if params.encoder.kind == "ids" else {b: n for n, b in PRECISIONS.items()}[params.wire.bits]
+    return "ids" if params.encoder.kind == "ids" else {b: n for n, b in PRECISIONS.items()}[params.bytes.bits]
 
 
 @torch.inference_mode()
@@ -201,7 +201,7 @@ def send_all(params: Params, rows: list[dict], pick_dir: str | Path) -> Sent:
     the budget is that size, measured by packing zeros of the codec's shape."""
     M_of = dataset_M(params, rows)
     if params.encoder.kind != "ids":
-        w = params.wire
+        w = params.bytes
         S, P = split_slots(params.stage3.M, w.shared_fraction)
         zeros = np.zeros((S + P * len(params.models), w.d_wire), np.float32)
         size = len(payload.pack(payload.Latent(payload.KIND_VALUES, w.bits, 0, values=zeros,
@@ -248,7 +248,7 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
     rows = load_rows(eval_path, params.evaluate.max_examples)
     M, M_of, ids = params.stage3.M, dataset_M(params, rows), params.encoder.kind == "ids"
     sent = send_all(params, rows, pick_dir)
-    sizes, bits = list(sent.nbytes.values()), 16 if ids else params.wire.bits
+    sizes, bits = list(sent.nbytes.values()), 16 if ids else params.bytes.bits
     mean = sum(sizes) / max(len(sizes), 1)
     metrics: dict = {"M": M, "reported_bits": bits, "equal_byte_budget": mean,
                      "wire": {code_name(params): {"bits": bits, "per_model": mean, "total": mean,
@@ -265,8 +265,7 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
         common = {"model": dataclasses.asdict(cfg), "prompt": dataclasses.asdict(params.prompt), "evaluate": ev}
         full = unit_path(folder, f"{slot}-full", common, [eval_path])
         cuts = unit_path(folder, f"{slot}-cuts", {**common, "M": M, "M_of": M_of, "seed": params.seed,
-                                                  "encoder": dataclasses.asdict(params.encoder),
-                                                  "wire": dataclasses.asdict(params.wire),
+                                                  "sender": sender_params(params),
                                                   "pick": dataclasses.asdict(params.pick)},
                          [eval_path, *pick_files])
         done = {part: load_unit(path) for part, path in (("full", full), ("cuts", cuts))}

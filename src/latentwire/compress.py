@@ -47,7 +47,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-file", required=True, help="a UTF-8 file holding the context, - for stdin")
     p.add_argument("--budget", type=positive, help="at most this many tokens of --tokenizer (default: stage3.M)")
     p.add_argument("--tokenizer", help="the reader's tokenizer, a local folder or hub id "
-                                       "(default: the sender's own, models.<encoder.feature_model>)")
+                                       "(default: the sender's own, models.<ids.feature_model>)")
     p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     p.add_argument("--pick", default="models/pick", help="the fitted pick (default: %(default)s)")
 

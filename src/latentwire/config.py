@@ -113,42 +113,57 @@ class PromptConfig:
 
 
 @dataclass
-class WireConfig:
-    """The continuous codes of encoder.kind bytes (payload kind values); kind ids sends 16-bit ids."""
+class EncoderConfig:
+    """The sender: which one, nothing else. Its own knobs sit in the section named after it
+    (`ids` or `bytes`), so that dvc.yaml declares exactly that section (`${encoder.kind}`) and a
+    knob of the other sender reruns nothing."""
+    kind: str = "ids"                # ids (ids.py, sender.py, pick.py) | bytes (encoder.py)
+
+    def __post_init__(self):
+        _choice("kind", self.kind, ("ids", "bytes"))
+
+
+@dataclass
+class IdsConfig:
+    """encoder.kind ids: picked context tokens sent as 16-bit ids of a codebook (the pick has its
+    own section, `pick`; the receivers' adapters are trained under `train`)."""
+    feature_model: str = "llama"     # the model slot whose tokenizer is the codebook (its embeddings feed the pick)
+
+
+@dataclass
+class BytesConfig:
+    """encoder.kind bytes: the seed's byte encoder (the context's UTF-8 bytes -> transformer ->
+    gated residual pooling -> Z), its continuous codes on the wire (payload kind values) and the
+    knobs of its training."""
+    d_z: int = 512                   # encoder width
+    layers: int = 6                  # transformer layers before pooling
+    heads: int = 4
+    max_bytes: int = 768             # longer contexts are cut (the count is in metrics)
+    dropout: float = 0.0
+    hint_buckets: int = 8            # answer-length hint classes, one byte in the header
     d_wire: int = 16                 # values per slot on the wire
     bits: int = 4                    # precision: 16 (fp16), 8 or 4 (ints with one fp16 scale per group)
     group_size: int = 32             # values sharing one scale
-    shared_fraction: float = 1.0     # S / M; P = M - S private slots per model (bytes; ids: 1.0)
+    shared_fraction: float = 1.0     # S / M; P = M - S private slots per model
+    qat: bool = True                 # train through the wire's quantisation (straight-through)
+    hint_weight: float = 0.1         # loss weight of the answer-length hint head
+    diversity_weight: float = 0.0    # weight of the mean pairwise cosine of Z across the batch
 
     def __post_init__(self):
         _choice("bits", self.bits, (16, 8, 4))
         if self.d_wire < 1 or self.group_size < 1 or not 0.0 <= self.shared_fraction <= 1.0:
-            raise ConfigError("wire: d_wire, group_size >= 1 and 0 <= shared_fraction <= 1")
-
-
-@dataclass
-class EncoderConfig:
-    """The sender. kind "ids" (ids.py, sender.py, pick.py): picked context tokens sent as 16-bit
-    ids of the codebook, the tokenizer of models.<feature_model>. kind "bytes" (encoder.py): the
-    seed's byte encoder, the context's UTF-8 bytes -> transformer -> gated residual pooling -> Z."""
-    kind: str = "ids"                # ids | bytes
-    feature_model: str = "llama"     # ids: the model slot whose tokenizer is the codebook
-    d_z: int = 512                   # bytes: encoder width
-    layers: int = 6                  # bytes: transformer layers before pooling
-    heads: int = 4
-    max_bytes: int = 768             # bytes: longer contexts are cut (the count is in metrics)
-    dropout: float = 0.0
-    hint_buckets: int = 8            # bytes: answer-length hint classes, one byte in the header
-    adapter_rank: int = 64           # ids: rank of each TokenAdapter's learned correction
-
-    def __post_init__(self):
-        _choice("kind", self.kind, ("ids", "bytes"))
-        if self.kind == "ids" and not self.feature_model:
-            raise ConfigError("encoder.feature_model: the ids sender needs a model slot (its codebook)")
+            raise ConfigError("d_wire, group_size >= 1 and 0 <= shared_fraction <= 1")
         if self.d_z % self.heads:
-            raise ConfigError("encoder.d_z must be divisible by encoder.heads")
+            raise ConfigError("bytes.d_z must be divisible by bytes.heads")
         if not 1 <= self.hint_buckets <= 256:
-            raise ConfigError("encoder.hint_buckets must be in [1, 256] (one uint8 on the wire)")
+            raise ConfigError("bytes.hint_buckets must be in [1, 256] (one uint8 on the wire)")
+
+
+# Keys that moved into the section of the sender that reads them (a params.yaml from before
+# this layout is answered with where each key lives now).
+MOVED = {"wire": "bytes", "encoder.feature_model": "ids.feature_model", "encoder.adapter_rank": "train.adapter_rank",
+         **{f"encoder.{k}": f"bytes.{k}" for k in ("d_z", "layers", "heads", "max_bytes", "dropout", "hint_buckets")},
+         **{f"train.{k}": f"bytes.{k}" for k in ("qat", "hint_weight", "diversity_weight")}}
 
 
 @dataclass
@@ -193,9 +208,7 @@ class TrainConfig:
     model_weights: dict[str, float] = field(default_factory=dict)  # loss weight per slot (default 1)
     K_thresholds: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5])  # acc -> K+1
     hard_negative: bool = True       # weight KD towards wrong first tokens + uncertain teachers
-    hint_weight: float = 0.1         # bytes: loss weight of the answer-length hint head
-    diversity_weight: float = 0.0    # bytes: weight of the mean pairwise cosine of Z across the batch
-    qat: bool = True                 # bytes: train through wire.bits quantisation (straight-through)
+    adapter_rank: int = 64           # ids: rank of each TokenAdapter's learned correction
     max_steps: int | None = None     # cap on optimiser steps per stage (tests, smoke runs)
     deterministic: bool = False      # deterministic GPU kernels (slower; README "Determinism")
 
@@ -231,8 +244,9 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
     prompt: PromptConfig = field(default_factory=PromptConfig)
-    wire: WireConfig = field(default_factory=WireConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    ids: IdsConfig = field(default_factory=IdsConfig)
+    bytes: BytesConfig = field(default_factory=BytesConfig)
     pick: PickConfig = field(default_factory=PickConfig)
     teachers: dict[str, list[ModelConfig]] = field(default_factory=dict)  # empty: the student itself
     # slot -> device map for all of that slot's teachers ("cuda:2", "auto"); a teacher's own
@@ -260,20 +274,25 @@ class Params:
             for slot in getattr(self, key):
                 if slot not in self.models:
                     raise ConfigError(f"{key}.{slot}: no such model slot {list(self.models)}")
-        if self.encoder.kind == "ids" and self.wire.shared_fraction != 1.0:
-            raise ConfigError("wire.shared_fraction: the ids sender shares every slot: set 1.0")
         own_M = [n for n, d in self.data.datasets.items() if d.M is not None]
         if self.encoder.kind != "ids" and own_M:
             raise ConfigError(f"data.datasets.{own_M[0]}.M: a dataset's own M needs encoder.kind ids "
                               "(the byte encoder's queries are fixed at stage3.M)")
-        if self.encoder.kind == "ids" and self.encoder.feature_model not in self.models:
-            raise ConfigError(f"encoder.feature_model: no such model slot "
-                              f"{self.encoder.feature_model!r} {list(self.models)}")
+        if self.encoder.kind == "ids" and self.ids.feature_model not in self.models:
+            raise ConfigError(f"ids.feature_model: no such model slot "
+                              f"{self.ids.feature_model!r} {list(self.models)}")
 
     def stage(self, name: str) -> StageConfig:
         if name not in ("stage1", "stage2", "stage3"):
             raise ConfigError(f"unknown curriculum stage {name!r}: expected stage1, stage2 or stage3")
         return getattr(self, name)
+
+
+def sender_params(params: Params) -> dict:
+    """encoder.kind and its own section (what dvc.yaml declares as ${encoder.kind}): the part of
+    the params a stage that runs the sender depends on, e.g. in a resume key."""
+    kind = params.encoder.kind
+    return {"kind": kind, kind: dataclasses.asdict(getattr(params, kind))}
 
 
 def teachers_of(params: Params, slot: str) -> list[ModelConfig]:
@@ -294,8 +313,10 @@ def build(cls, raw, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
+        dotted = [f"{where}.{k}".removeprefix("params.") for k in unknown]
+        moved = [f"{k} is now {MOVED[k]}" for k in dotted if k in MOVED]
         raise ConfigError(f"{where}: unknown key(s) {[f'{where}.{k}' for k in unknown]}; "
-                          f"known: {sorted(names)}")
+                          f"known: {sorted(names)}" + (f" ({'; '.join(moved)})" if moved else ""))
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in raw.items()}
     try:
         return cls(**kwargs)

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .adapter import INIT_STD, Adapter, resize_rows
-from .config import EncoderConfig
+from .config import BytesConfig
 from .losses import pairwise_cosine
 from .payload import KIND_VALUES, Latent
 from .wire import quantize, split_slots
@@ -47,7 +47,7 @@ def hint_bucket(n_tokens: int | torch.Tensor, buckets: int) -> int | torch.Tenso
 
 class LatentEncoder(nn.Module):
 
-    def __init__(self, cfg: EncoderConfig, d_wire: int, M: int, shared_fraction: float,
+    def __init__(self, cfg: BytesConfig, d_wire: int, M: int, shared_fraction: float,
                  slots: list[str]):
         super().__init__()
         d = cfg.d_z
@@ -111,19 +111,18 @@ class LatentEncoder(nn.Module):
 
 class ByteCodec(nn.Module):
     """encoder.kind bytes end to end: rows -> Z (the context's bytes through LatentEncoder) ->
-    wire values (payload kind values at wire.bits, the hint in the header) -> each model's
+    wire values (payload kind values at bytes.bits, the hint in the header) -> each model's
     Adapter. Every slot's view is S shared rows + its own P private rows."""
     codebook = 0  # continuous values: no codebook to fingerprint
     limits = None  # nor ids to bound (payload.Limits)
 
     def __init__(self, params, M: int, hidden: dict[str, int], target_norm: dict[str, float]):
         super().__init__()
-        e, w = params.encoder, params.wire
-        self.encoder = LatentEncoder(e, w.d_wire, M, w.shared_fraction, list(params.models))
-        self.adapters = nn.ModuleDict({s: Adapter(w.d_wire, hidden[s], M, e.hint_buckets, target_norm[s])
+        b = self.cfg = params.bytes
+        self.encoder = LatentEncoder(b, b.d_wire, M, b.shared_fraction, list(params.models))
+        self.adapters = nn.ModuleDict({s: Adapter(b.d_wire, hidden[s], M, b.hint_buckets, target_norm[s])
                                        for s in params.models})
-        self.bits, self.group_size, self.max_bytes = w.bits, w.group_size, e.max_bytes
-        self.hint_buckets, self.tp = e.hint_buckets, params.train
+        self.bits, self.group_size, self.max_bytes, self.hint_buckets = b.bits, b.group_size, b.max_bytes, b.hint_buckets
 
     @property
     def M(self) -> int:
@@ -155,7 +154,7 @@ class ByteCodec(nn.Module):
         gold = torch.tensor([hint_bucket(len(r["answers"][0].split()), self.hint_buckets) for r in rows],
                             device=z.device)
         z_cos = pairwise_cosine(z)
-        extra = self.tp.hint_weight * F.cross_entropy(hint_logits, gold) + self.tp.diversity_weight * z_cos
+        extra = self.cfg.hint_weight * F.cross_entropy(hint_logits, gold) + self.cfg.diversity_weight * z_cos
         return softs, extra, {"hint_acc": (hint == gold).float().mean().item(), "z_cos": z_cos.item()}
 
     @torch.no_grad()

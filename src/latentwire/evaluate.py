@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from . import baselines, payload, placement, stats
 from .baselines import FULL, CUTS, by_dataset, code_name, dataset_M, m_token_bytes, score
-from .config import Params, load_params
+from .config import Params, load_params, sender_params
 from .io import peak_rss_mb, write_json, write_jsonl, write_text
 from .latent import LatentWire
 from .llm import FrozenLLM, load_frozen
@@ -206,7 +206,8 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
     for slot, cfg in placement.resolve(params).models.items():  # null device_map: auto placement
         check_budget(metrics[slot], rows, sent)
         key = {"model": dataclasses.asdict(cfg), "M": M, "seed": params.seed, "slots": list(params.models),
-               **{k: dataclasses.asdict(getattr(params, k)) for k in ("prompt", "wire", "encoder", "pick", "evaluate")}}
+               "sender": sender_params(params),
+               **{k: dataclasses.asdict(getattr(params, k)) for k in ("prompt", "pick", "evaluate")}}
         unit = unit_path(folder, slot, key, files)
         done = load_unit(unit)
         if done is None:

@@ -22,7 +22,7 @@ class IdCodec(nn.Module):
     def __init__(self, params, M: int, hidden: dict[str, int], pick_dir: str | Path = "models/pick"):
         super().__init__()
         self.params, self.pick_dir, self._M = params, Path(pick_dir), M
-        self.adapters = nn.ModuleDict({s: TokenAdapter(hidden[s], M, params.encoder.adapter_rank)
+        self.adapters = nn.ModuleDict({s: TokenAdapter(hidden[s], M, params.train.adapter_rank)
                                        for s in params.models})
         self._sender: Sender | None = None
         self.split: dict[str, torch.Tensor] = {}   # slot -> receiver tokens per codebook string

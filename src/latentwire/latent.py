@@ -20,8 +20,10 @@ from .ids import IdCodec
 from .io import atomic_path, write_json
 from .llm import FrozenLLM
 
-ARCH_FIELDS = ("kind", "feature_model", "d_z", "layers", "heads", "max_bytes", "hint_buckets", "d_wire",
-               "shared_fraction", "slots", "hidden")
+# what a checkpoint must match to load, per sender (the rest of its meta.json is informative)
+ARCH_FIELDS = {"ids": ("kind", "feature_model", "slots", "hidden"),
+               "bytes": ("kind", "d_z", "layers", "heads", "max_bytes", "hint_buckets", "d_wire",
+                         "shared_fraction", "slots", "hidden")}
 
 
 class LatentWire(nn.Module):
@@ -38,15 +40,14 @@ class LatentWire(nn.Module):
                  hidden: dict[str, int] | None = None, target_norm: dict[str, float] | None = None,
                  pick_dir: str | Path = "models/pick"):
         super().__init__()
-        e, w = params.encoder, params.wire
-        slots = list(params.models)
+        kind, slots = params.encoder.kind, list(params.models)
         hidden = hidden or {s: llms[s].model.config.hidden_size for s in slots}
         target_norm = target_norm or ({s: llms[s].embedding_stats()["mean_norm"] for s in slots} if llms
                                       else {s: 1.0 for s in slots})
-        self.arch = {"kind": e.kind, "feature_model": e.feature_model, "d_z": e.d_z, "layers": e.layers,
-                     "heads": e.heads, "max_bytes": e.max_bytes, "hint_buckets": e.hint_buckets,
-                     "d_wire": w.d_wire, "shared_fraction": w.shared_fraction, "slots": slots, "hidden": hidden}
-        self.codec = (IdCodec(params, M, hidden, pick_dir) if e.kind == "ids"
+        section = params.ids if kind == "ids" else params.bytes
+        self.arch = {"kind": kind, **{f: getattr(section, f) for f in ARCH_FIELDS[kind][1:-2]},
+                     "slots": slots, "hidden": hidden}
+        self.codec = (IdCodec(params, M, hidden, pick_dir) if kind == "ids"
                       else ByteCodec(params, M, hidden, target_norm))
         for llm in (llms or {}).values():
             self.codec.attach(llm)
@@ -97,7 +98,7 @@ class LatentWire(nn.Module):
         except (OSError, ValueError, SafetensorError) as e:  # truncated or garbled files
             raise ValueError(f"{folder}: unreadable or corrupted checkpoint: {e}") from None
         bad = [f"{f}: checkpoint {meta.get(f)!r} != params {self.arch[f]!r}"
-               for f in ARCH_FIELDS if meta.get(f) != self.arch[f]]
+               for f in ARCH_FIELDS[self.arch["kind"]] if meta.get(f) != self.arch[f]]
         if bad:
             raise ValueError(f"{folder}: checkpoint does not match params: " + "; ".join(bad))
         M = self.M

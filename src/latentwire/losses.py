@@ -76,7 +76,7 @@ def pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
     """Mean cosine between different examples' flattened codes z [B, ...] (differentiable).
 
     Near 1: one code for every input (the collapse the predecessor hit). As a loss term
-    (train.diversity_weight) it pushes the shared constant out of Z."""
+    (bytes.diversity_weight) it pushes the shared constant out of Z."""
     if z.shape[0] < 2:
         return z.new_zeros(())
     f = F.normalize(z.flatten(1).float(), dim=-1)

@@ -6,7 +6,7 @@
 
 One row per model x dataset: F1 / EM of the three text baselines and of the latent at each
 precision, the wire bytes per model and text_over_wire at the reported precision (the metrics'
-reported_bits = wire.bits), tokens_over_M, and the collapse diagnostics (distinct_ratio of the
+reported_bits = bytes.bits), tokens_over_M, and the collapse diagnostics (distinct_ratio of the
 latent predictions at the reported precision, soft_pairwise_cosine). The deltas are DVC's own
 (`dvc metrics diff`, workspace minus --base); revisions are never read here. Markdown goes to
 stdout, so `python -m latentwire report --base main > review.md` is the whole PR comment.
@@ -232,7 +232,7 @@ def build_report(metrics_path: str = "metrics/eval.json",
     out = [f"## LatentWire eval (`{metrics_path}`)", ""]
     sizes = " / ".join(f"{p} {fmt(get(wire, f'{p}.per_model'), '{:.0f}')}" for p in precs)
     totals = " / ".join(fmt(get(wire, f"{p}.total"), "{:.0f}") for p in precs)
-    out += [f"M = {metrics.get('M')} slots; reported precision **{prec}** (`wire.bits`). "
+    out += [f"M = {metrics.get('M')} slots; reported precision **{prec}** (`bytes.bits`). "
             f"Wire bytes per model {sizes} (payload for all models {totals}). "
             "Each F1 cell is `F1 / EM`; text/wire = context bytes / payload bytes (the learned "
             "senders: prompt bytes / wire bytes per model).", ""]

@@ -3,7 +3,7 @@
     python -m latentwire pick --params params.yaml     # data/mix/pool.jsonl -> models/pick/
 
 The sender reads question + context with nothing but its tokenizer (the codebook: the
-vocabulary of models.<encoder.feature_model>), picks at most M context tokens (`pick.py`) and
+vocabulary of models.<ids.feature_model>), picks at most M context tokens (`pick.py`) and
 packs their ids, 16 bits each, into a payload (`payload.py`). The question is not in the
 payload: it travels beside it as text, in every variant alike.
 
@@ -121,14 +121,14 @@ class Sender:
 
 
 def load_tokenizer(params: Params):
-    slot = params.encoder.feature_model
+    slot = params.ids.feature_model
     return AutoTokenizer.from_pretrained(model_folder(params.models[slot], params.cache_dir))
 
 
 def load_embeddings(params: Params) -> torch.Tensor:
     """The codebook model's input embedding table [V, H], read from its safetensors files
     without building the model (any other layout: the model is loaded once and dropped)."""
-    cfg = params.models[params.encoder.feature_model]
+    cfg = params.models[params.ids.feature_model]
     folder = Path(model_folder(cfg, params.cache_dir))
     for f in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
         with safe_open(str(f), framework="pt") as st:
@@ -136,7 +136,7 @@ def load_embeddings(params: Params) -> torch.Tensor:
             if key is not None:
                 return st.get_tensor(key).float()
     from .llm import load_frozen
-    llm = load_frozen(params.encoder.feature_model, cfg, params.prompt, params.cache_dir)
+    llm = load_frozen(params.ids.feature_model, cfg, params.prompt, params.cache_dir)
     return llm.model.get_input_embeddings().weight.detach().float().cpu()
 
 

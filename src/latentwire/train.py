@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import launch, placement
-from .config import Params, load_params
+from .config import Params, load_params, sender_params
 from .data import split_dev
 from .io import (atomic_dir, atomic_path, package_sha256, peak_rss_mb, read_jsonl, restore_dir, sha256_of,
                  write_json, write_text)
@@ -83,7 +83,7 @@ def run_key(params: Params, stage: str, prev_meta: dict | None, kd_keys: dict) -
     """What the resumable state depends on (params, the previous stage, the KD caches and this
     package's code: state saved before a bug fix is not resumed); a mismatch starts afresh."""
     blob = json.dumps({"stage": getattr(params, stage).__dict__, "train": params.train.__dict__,
-                       "encoder": params.encoder.__dict__, "wire": params.wire.__dict__,
+                       "sender": sender_params(params),
                        "seed": params.seed, "prev": (prev_meta or {}).get("run_key"),
                        "kd": kd_keys, "code": package_sha256()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -188,7 +188,7 @@ class Stage:
     def losses(self, rows: list[dict], K: int) -> tuple[torch.Tensor, dict]:
         """Summed loss over model slots and the per-slot numbers for the curves: each model reads
         its soft tokens where the context goes, the question beside them as text."""
-        softs, extra, logs = self.net(rows, self.params.train.qat)
+        softs, extra, logs = self.net(rows, self.params.bytes.qat)
         total = extra
         for slot, rec in self.receivers.items():
             t = self.targets(slot, rows)
