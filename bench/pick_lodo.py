@@ -53,8 +53,9 @@ def main(argv=None) -> dict:
     meta_path = Path(args.pick) / "meta.json"
     meta = (json.loads(meta_path.read_text()) if meta_path.is_file()
             else {"span": pp.spans[0], "support_weight": 0.0, "cover": 0})
+    meta.setdefault("grow", None)  # a pick of before the run margin
     E = load_embeddings(params)
-    out = {"M": pp.dev_M, "span": meta["span"], "support_weight": meta["support_weight"], "cover": meta["cover"],
+    out = {"M": pp.dev_M, "span": meta["span"], "grow": meta["grow"], "support_weight": meta["support_weight"], "cover": meta["cover"],
            "datasets": {}}
     for held in sorted({r["dataset"] for r in rows}):
         t0 = time.time()
@@ -66,7 +67,7 @@ def main(argv=None) -> dict:
         pick.fit(model, [reads[k] for k in keep], [labels[k] for k in keep], pp.epochs, pp.batch_size, pp.lr,
                  seed=params.seed)
         model.eval()
-        sender = Sender(tok, model, pp.dev_M, meta["span"], pp.max_tokens, meta["cover"])
+        sender = Sender(tok, model, pp.dev_M, meta["span"], pp.max_tokens, meta["cover"], meta["grow"])
         test = [r for r in rows if r["dataset"] == held][:args.n]
         res = {**recall(sender, test, pp.dev_M)[held], **references(sender, test, pp.dev_M),
                "n": len(test), "fit_on": sorted({rows[k]["dataset"] for k in keep}), "support_weight": weight, "wall_s": round(time.time() - t0)}
@@ -74,7 +75,7 @@ def main(argv=None) -> dict:
         print(f"pick_lodo: {held}: {res}", flush=True)
     lines = [f"# The pick on a dataset it never saw (leave-one-dataset-out, M = {out['M']})", "",
              f"`python bench/pick_lodo.py --n {args.n}`: each row fits the pick on the pool's other datasets "
-             f"(span {out['span']}, support weight {out['support_weight']}, cover {out['cover']}, as the `pick` "
+             f"(span {out['span']}, grow {out['grow']}, support weight {out['support_weight']}, cover {out['cover']}, as the `pick` "
              "stage chose) and reads "
              "the left-out dataset's pool rows (train split; never the eval mix).", "",
              "| left out | fit on | n | answer in context | the pick | lexical window | first M tokens | "

@@ -129,8 +129,23 @@ def test_a_later_span_never_trims_the_best_token_away():
     assert any(a <= 10 < b for a, b in spans), spans
 
 
+def test_grow_sends_a_high_rated_run_whole():
+    """A run of 8 tokens rated nearly as high as its peak (a long answer) and two single peaks
+    elsewhere: spans of 3 spend M = 8 on the peaks and cut the run; with the run margin the
+    run goes whole, and its 0.0-rated neighbours stay out."""
+    scores = [0.0] * 60
+    for i in range(20, 28):
+        scores[i] = 9.0
+    scores[26], scores[5], scores[45] = 10.0, 9.5, 9.4
+    cut = pick.spans_for(scores, [0] * 60, 8, 3)
+    assert not any(a <= 20 and 28 <= b for a, b in cut), cut
+    assert pick.spans_for(scores, [0] * 60, 8, 3, grow=1.5) == [(20, 28)]
+    assert pick.spans_for(scores, [0] * 60, 3, 3, grow=0.5) == [(25, 28)]  # the peak alone, widened to 3
+
+
+@pytest.mark.parametrize("grow", [None, 0.3])
 @pytest.mark.parametrize("seed", range(20))
-def test_the_best_rated_token_is_always_picked(seed):
+def test_the_best_rated_token_is_always_picked(seed, grow):
     """Whatever the scores, sentences, M and span width: the best-rated token is sent, the
     budget holds, and the spans stay apart."""
     import random
@@ -139,7 +154,7 @@ def test_the_best_rated_token_is_always_picked(seed):
     scores = [rng.random() for _ in range(T)]
     sentence = sorted(rng.randrange(6) for _ in range(T))
     M, span = rng.randint(2, 24), rng.choice([3, 6, 8, 12])
-    spans = pick.spans_for(scores, sentence, M, span)
+    spans = pick.spans_for(scores, sentence, M, span, grow=grow)
     cost = sum(b - a for a, b in spans) + sum(1 for x, y in zip(spans, spans[1:]) if x[1] < y[0])
     assert cost <= M and all(x[1] <= y[0] for x, y in zip(spans, spans[1:]))
     best = max(range(T), key=scores.__getitem__)

@@ -169,15 +169,16 @@ MOVED = {"wire": "bytes", "encoder.feature_model": "ids.feature_model", "encoder
 @dataclass
 class PickConfig:
     """encoder.kind ids: the sender's pick (pick.py), fitted by the `pick` stage."""
-    spans: list[int] = field(default_factory=lambda: [6, 8, 12])  # candidate span widths (tokens around
-                                     # a best-rated token); the stage keeps the best on its held-out tenth
+    spans: list[int] = field(default_factory=lambda: [3, 4, 6])  # candidate least span widths (tokens
+                                     # around a best-rated token and its run); the stage keeps the best on
+                                     # its held-out tenth
     hidden: int = 64                 # the pick GRU's width
     epochs: int = 6                  # passes over the pool's windows
     lr: float = 6e-3                 # AdamW learning rate of the pick's fit
     batch_size: int = 128            # windows per step of the pick's fit
     max_tokens: int = 2048           # longer contexts are read up to this many sender tokens
     dev_M: int = 32                  # positions at which the held-out tenth of the pool chooses how
-                                     # the pick spends them (support weight, paragraph coverage)
+                                     # the pick spends them (span, run margin, support weight, coverage)
 
     def __post_init__(self):
         if not self.spans or min(self.spans) < 1 or self.hidden < 1 or self.epochs < 1 or self.max_tokens < 1 \

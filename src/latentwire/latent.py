@@ -20,10 +20,11 @@ from .ids import IdCodec
 from .io import atomic_path, write_json
 from .llm import FrozenLLM
 
-# what a checkpoint must match to load, per sender (the rest of its meta.json is informative)
-ARCH_FIELDS = {"ids": ("kind", "feature_model", "slots", "hidden"),
-               "bytes": ("kind", "d_z", "layers", "heads", "max_bytes", "hint_buckets", "d_wire",
-                         "shared_fraction", "slots", "hidden")}
+# what a checkpoint must match to load, per sender (the rest of its meta.json is informative):
+# the sender's own knobs (read from its params section) and what every checkpoint records
+SENDER_FIELDS = {"ids": ("feature_model",),
+                 "bytes": ("d_z", "layers", "heads", "max_bytes", "hint_buckets", "d_wire", "shared_fraction")}
+ARCH_FIELDS = {kind: ("kind", *fields, "slots", "hidden") for kind, fields in SENDER_FIELDS.items()}
 
 
 class LatentWire(nn.Module):
@@ -45,7 +46,7 @@ class LatentWire(nn.Module):
         target_norm = target_norm or ({s: llms[s].embedding_stats()["mean_norm"] for s in slots} if llms
                                       else {s: 1.0 for s in slots})
         section = params.ids if kind == "ids" else params.bytes
-        self.arch = {"kind": kind, **{f: getattr(section, f) for f in ARCH_FIELDS[kind][1:-2]},
+        self.arch = {"kind": kind, **{f: getattr(section, f) for f in SENDER_FIELDS[kind]},
                      "slots": slots, "hidden": hidden}
         self.codec = (IdCodec(params, M, hidden, pick_dir) if kind == "ids"
                       else ByteCodec(params, M, hidden, target_norm))

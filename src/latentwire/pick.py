@@ -17,9 +17,10 @@ It is trained (`fit`) on the gold answer's tokens of thousands of train-split ex
 0.72 SQuAD / 0.69 NQ; adding the embeddings and the GRU, 0.78 / 0.84.)
 
 `pick` then fills the budget of M positions with spans, best first: each span is the window of
-`span` tokens (inside one sentence) around the highest-rated token not yet covered; spans that
-touch merge; non-adjacent spans are joined by one separator token (" ..."), which takes a
-position. The spans come back in text order. `pick_recall` is the share of questions whose
+`span` tokens (inside one sentence) around the highest-rated token not yet covered, widened
+(`grow`) to the run of its neighbours rated nearly as high (a predicted answer of 8 tokens is
+sent whole, not cut at 6); spans that touch merge; non-adjacent spans are joined by one
+separator token (" ..."), which takes a position. The spans come back in text order. `pick_recall` is the share of questions whose
 gold answer lies wholly inside one picked span.
 
 Why one file of ~340 lines: reading (features), rating (the model and its fit), picking (spans)
@@ -43,6 +44,7 @@ STOP = set("a an the of in on at to for by with from and or is are was were be b
            "much name named called".split())
 QTYPES = ("when", "who", "where", "quantity", "whatwhich", "other")
 CHUNK = 256          # the pick GRU's window (tokens)
+MAX_RUN = 12         # spans_for: the longest run of high-rated tokens one span takes whole
 SEPARATOR = " ..."
 
 
@@ -370,10 +372,13 @@ def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epoch
 
 
 def spans_for(scores: list[float], sentence: list[int], M: int, span: int,
-              paragraph: list[int] | None = None, cover: int = 0) -> list[tuple[int, int]]:
+              paragraph: list[int] | None = None, cover: int = 0,
+              grow: float | None = None) -> list[tuple[int, int]]:
     """Token spans [a, b) filling M positions (a separator between non-adjacent spans takes
     one): around the best-rated uncovered token, `span` wide and inside its sentence, best
-    first. With `cover` > 1 the first spans go to that many different paragraphs (the best
+    first. With `grow` (a score margin) the span first takes the run of neighbours (inside the
+    sentence) rated within `grow` of that token, up to MAX_RUN tokens, and is then widened to
+    `span`; None: the `span` window alone. With `cover` > 1 the first spans go to that many different paragraphs (the best
     token of each next paragraph: a bridge paragraph of a two-hop question gets a span before
     the best paragraph gets its second). -> sorted, non-overlapping spans."""
     T = len(scores)
@@ -399,8 +404,14 @@ def spans_for(scores: list[float], sentence: list[int], M: int, span: int,
         hi = i + 1
         while hi < T and sentence[hi] == s:
             hi += 1
-        w = min(span, hi - lo)
-        a = min(max(lo, i - w // 3), hi - w)
+        rlo, rhi = i, i + 1  # the run: the peak and its neighbours rated within `grow` of it
+        if grow is not None:
+            while rlo > lo and scores[rlo - 1] >= scores[i] - grow and rhi - rlo < MAX_RUN:
+                rlo -= 1
+            while rhi < hi and scores[rhi] >= scores[i] - grow and rhi - rlo < MAX_RUN:
+                rhi += 1
+        w = min(max(span, rhi - rlo), hi - lo)
+        a = min(max(lo, rlo - (w - (rhi - rlo) + 1) // 3), hi - w)  # a third of the widening before the run
         cand = (a, a + w)
         # merge with touching / overlapping spans, then trim to the budget: the end farther from
         # the peak token i first, but never into a span placed before (a better token's) nor past i

@@ -10,7 +10,7 @@ payload: it travels beside it as text, in every variant alike.
 The stage computes the pick's features once for the train-split pool (data/pick/features.
 safetensors, reused while the pool, tokenizer, pick.max_tokens and pick.py are unchanged), fits
 the pick model on all but a title-held-out tenth of the pool, chooses how the pick spends its
-positions (span width, the support head's weight, paragraph coverage) on that tenth at pick.dev_M, and
+positions (span width, run margin, the support head's weight, paragraph coverage) on that tenth at pick.dev_M, and
 reports the tenth's pick_recall and support_recall in metrics/pick.json. Nothing here reads the
 eval mix.
 """
@@ -51,9 +51,9 @@ class Sender:
     """question + context -> payload bytes. Load once (`Sender.load`), then `send` per prompt."""
 
     def __init__(self, tokenizer, model: pick.PickModel, M: int, span: int, max_tokens: int = 2048,
-                 cover: int = 0):
+                 cover: int = 0, grow: float | None = None):
         self.tokenizer, self.model, self.M, self.span, self.max_tokens = tokenizer, model, M, span, max_tokens
-        self.cover = cover
+        self.cover, self.grow = cover, grow
         self.codebook = payload.fingerprint(tokenizer.get_vocab())
         sep = tokenizer(pick.SEPARATOR, add_special_tokens=False)["input_ids"]
         self.sep_id = sep[0]
@@ -74,7 +74,7 @@ class Sender:
         model.set_embeddings(load_embeddings(params))
         model.eval()
         return cls(load_tokenizer(params), model, M or params.stage3.M, meta["span"],
-                   params.pick.max_tokens, meta["cover"])
+                   params.pick.max_tokens, meta["cover"], meta.get("grow"))  # no "grow": a pick of before it
 
     def pick(self, question: str, context: str, M: int | None = None) -> Picked:
         r = pick.read(self.tokenizer, question, context, self.max_tokens)
@@ -82,7 +82,7 @@ class Sender:
 
     def spend(self, r: pick.Read, scores: list[float], M: int) -> Picked:
         """The spans that fill M positions for these token scores, and their ids."""
-        spans = pick.spans_for(scores, r.sentence, M, self.span, r.paragraph, self.cover)
+        spans = pick.spans_for(scores, r.sentence, M, self.span, r.paragraph, self.cover, self.grow)
         return Picked(pick.picked_ids(r, spans, self.sep_id), spans, r)
 
     def send(self, question: str, context: str) -> bytes:
@@ -197,7 +197,8 @@ def recall(sender: Sender, rows: list[dict], M: int, support_weight: float | Non
            cover: int | None = None, scored: list | None = None) -> dict[str, dict[str, float]]:
     """Per dataset: pick_recall (the gold answer wholly inside one picked span) and, where
     the rows have supporting facts, support_recall. support_weight / cover: score and spend
-    as these (default: the sender's own); scored: precomputed (read, [answer, support] logits)."""
+    as these (default: the sender's own; span and grow: the sender's); scored: precomputed
+    (read, [answer, support] logits)."""
     w = sender.model.support_weight if support_weight is None else support_weight
     old, sender.cover = sender.cover, sender.cover if cover is None else cover
     hits: dict[str, dict[str, list]] = {}
@@ -218,25 +219,26 @@ def recall(sender: Sender, rows: list[dict], M: int, support_weight: float | Non
     return {ds: {k: sum(v) / len(v) for k, v in h.items() if v} for ds, h in sorted(hits.items())}
 
 
-SUPPORT_WEIGHTS, COVERS = (0.0, 0.5, 1.0), (0, 2)
+SUPPORT_WEIGHTS, COVERS, GROWS = (0.0, 0.5, 1.0), (0, 2), (None, 1.5, 2.0, 2.5)
 
 
 def choose_spending(sender: Sender, dev: list[dict], M: int, spans: list[int]) -> tuple[dict, list[dict]]:
-    """The span width, support weight and paragraph coverage with the best mean pick_recall
-    over the dev datasets (ties: the first), and the whole grid."""
+    """The span width, support weight, paragraph coverage and run margin (`grow`) with the best
+    mean pick_recall over the dev datasets (ties: the first), and the whole grid."""
     scored = []
     for r in dev:
         rd = pick.read(sender.tokenizer, r["question"], r["context"], sender.max_tokens)
         scored.append((rd, sender.model.logits(rd)))
-    grid, span = [], sender.span
+    grid, span, grow = [], sender.span, sender.grow
     for sender.span in spans:
-        for w in SUPPORT_WEIGHTS:
-            for c in COVERS:
-                res = recall(sender, dev, M, w, c, scored)
-                mean = sum(v["pick_recall"] for v in res.values()) / max(len(res), 1)
-                grid.append({"span": sender.span, "support_weight": w, "cover": c, "mean_pick_recall": mean,
-                             "per_dataset": res})
-    sender.span = span
+        for sender.grow in GROWS:
+            for w in SUPPORT_WEIGHTS:
+                for c in COVERS:
+                    res = recall(sender, dev, M, w, c, scored)
+                    mean = sum(v["pick_recall"] for v in res.values()) / max(len(res), 1)
+                    grid.append({"span": sender.span, "grow": sender.grow, "support_weight": w, "cover": c,
+                                 "mean_pick_recall": mean, "per_dataset": res})
+    sender.span, sender.grow = span, grow
     best = max(grid, key=lambda g: g["mean_pick_recall"])  # max keeps the first of equals
     return best, grid
 
@@ -264,21 +266,23 @@ def main(params_path: str = "params.yaml", pool_path: str = "data/mix/pool.jsonl
     sender = Sender(tokenizer, model, pp.dev_M, pp.spans[0], pp.max_tokens)
     dev = [r for r, h in zip(rows, held) if h]
     best, grid = choose_spending(sender, dev, pp.dev_M, pp.spans)
-    model.support_weight, sender.cover, sender.span = best["support_weight"], best["cover"], best["span"]
+    model.support_weight, sender.cover, sender.span, sender.grow = (best["support_weight"], best["cover"],
+                                                                    best["span"], best["grow"])
     metrics = {"pool": len(rows), "train_examples": len(rows) - len(dev), "dev_examples": len(dev),
                "answer_tokens": int(sum((y[:, 0] == 1).sum() for y in labels)),
                "support_tokens": int(sum((y[:, 1] == 1).sum() for y in labels)), "loss": loss,
-               "M": pp.dev_M, "span": best["span"], "support_weight": best["support_weight"], "cover": best["cover"],
+               "M": pp.dev_M, "span": best["span"], "grow": best["grow"], "support_weight": best["support_weight"],
+               "cover": best["cover"],
                "dev_recall": best["per_dataset"], "dev_grid": grid}
     with atomic_dir(Path(out)) as tmp_folder:  # both files swap in together
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_folder / "pick.safetensors"))
         write_json(tmp_folder / "meta.json", {"hidden": pp.hidden, "d_embed": E.shape[1],
                                           "features": list(pick.FEATURES), "codebook": sender.codebook,
                                           "span": best["span"], "support_weight": best["support_weight"],
-                                          "cover": best["cover"]})
+                                          "cover": best["cover"], "grow": best["grow"]})
     metrics["wall_s"] = round(time.time() - t0, 1)
     write_json(metrics_path, metrics)
-    print(f"pick: span {best['span']}, support_weight {best['support_weight']}, cover {best['cover']}: dev recall at M={pp.dev_M} "
+    print(f"pick: span {best['span']}, grow {best['grow']}, support_weight {best['support_weight']}, cover {best['cover']}: dev recall at M={pp.dev_M} "
           f"{metrics['dev_recall']}, {metrics['wall_s']:.0f}s")
     return metrics
 
