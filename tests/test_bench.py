@@ -1,5 +1,5 @@
 """bench/ scripts must not rot: each one runs here in seconds, on the tiny models or the committed
-metrics (bench/latency.py and bench/pick_lodo.py run in test_ids.py)."""
+metrics (bench/latency.py, bench/pick_lodo.py and bench/pool_probe.py run in test_ids.py)."""
 import importlib.util
 import json
 import os

@@ -322,6 +322,27 @@ def test_pick_lodo_benchmark_runs_on_the_tiny_models(project, trained, tmp_path)
     assert "| squad | nq | 5 |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
 
 
+def test_pool_probe_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
+    """bench/pool_probe.py must not rot: every variant within M positions, the pooled ones
+    carrying about two tokens a position, twice the tokens at twice the positions."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pool_probe", REPO / "bench" / "pool_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows(60, "squad", 100) + rows(60, "nq", 300)))
+    out = tmp_path / "probe.md"
+    r = probe.main(["--params", str(project / "params.yaml"), "--pool", str(pool), "--pick", str(project / "models/pick"),
+                    "--slot", "llama", "--n", "3", "--M", "6", "--out", str(out)])
+    v = r["variants"]
+    assert r["n"] == 6 and set(v) == set(probe.VARIANTS)
+    assert v["tokens_M"]["tokens_per_position"] == v["tokens_2M"]["tokens_per_position"] == 1.0
+    assert v["tokens_M"]["positions"] <= 6 < v["tokens_2M"]["positions"] <= 12
+    for pooled in ("pair_mean", "pair_renorm"):
+        assert v[pooled]["positions"] <= 6 and 1.5 <= v[pooled]["tokens_per_position"] <= 2.0
+    assert "| pair_mean |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
+
+
 def test_the_receiver_reads_its_payload(project, trained):
     """Receiver.read + Receiver.answer are the one receive path (evaluate, transfer, bench): with
     the adapter's learned correction at zero, the soft tokens are exactly the receiver's own

@@ -1,0 +1,133 @@
+"""Can a frozen receiver read two picked tokens pooled into one position? (issue 22's ceiling)
+
+    python bench/pool_probe.py [--slot qwen] [--n 30] [--M 32] [--out bench/results/pool_probe.md]
+
+Learned slots that carry more than one token are only worth building if (a) more tokens help
+the receiver at all and (b) it can read a pooled position. This reads the pool's held-out
+tenth (train-split titles the pick stage never fitted on; never the eval mix), --n questions a
+dataset, through one frozen receiver with *untrained* adapters (each id -> the receiver's own
+embedding of its string, as TokenAdapter at step 0), and answers greedily:
+  - tokens_M:    the pick at M positions, one token each (the latent at step 0; ~ selected_text)
+  - tokens_2M:   the pick at 2M positions, one token each: what twice the tokens is worth
+  - pair_mean:   the pick at about 2M tokens, adjacent pairs inside a span pooled (mean) into one
+                 position, at most M positions: the untrained start of a 2-tokens-a-slot latent
+  - pair_renorm: the same, each pooled vector rescaled to its tokens' mean norm
+The gap tokens_2M - tokens_M bounds what any multi-token slot can add over the picked text at M
+(with perfect pooling); pair_* - tokens_M is where a learned pooler would start from.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from latentwire.adapter import string_table
+from latentwire.config import load_params
+from latentwire.data import is_eval_title
+from latentwire.io import read_jsonl, write_text
+from latentwire.llm import load_frozen
+from latentwire.metrics import f1_score
+from latentwire.receiver import Receiver
+from latentwire.sender import Sender
+
+VARIANTS = ("tokens_M", "tokens_2M", "pair_mean", "pair_renorm")
+
+
+def groups(sender: Sender, picked, k: int = 2) -> list[list[int]]:
+    """The positions of a pooled latent: runs of k adjacent picked tokens inside one span; a
+    separator between spans takes a position alone."""
+    out = []
+    for j, (a, b) in enumerate(picked.spans):
+        if j and picked.spans[j - 1][1] < a:
+            out.append([sender.sep_id])
+        ids = picked.read.ids[a:b]
+        out += [ids[i:i + k] for i in range(0, len(ids), k)]
+    return out
+
+
+def positions(sender: Sender, row: dict, M: int, variant: str) -> list[list[int]]:
+    """The token ids each position carries, for one variant."""
+    r = sender.pick(row["question"], row["context"], M).read
+    scores = sender.model.score(r)
+    if variant == "tokens_M":
+        return [[i] for i in sender.spend(r, scores, M).ids]
+    if variant == "tokens_2M":
+        return [[i] for i in sender.spend(r, scores, 2 * M).ids]
+    for budget in range(2 * M, M - 1, -1):  # the most picked tokens whose pairs fit in M positions
+        g = groups(sender, sender.spend(r, scores, budget))
+        if len(g) <= M:
+            return g
+    return [[i] for i in sender.spend(r, scores, M).ids]
+
+
+def soft(table: torch.Tensor, pos: list[list[int]], variant: str) -> torch.Tensor:
+    vecs = []
+    for ids in pos:
+        e = table[torch.tensor(ids)]
+        v = e.mean(0)
+        if variant == "pair_renorm":
+            v = v / v.norm().clamp_min(1e-6) * e.norm(dim=-1).mean()
+        vecs.append(v)
+    return torch.stack(vecs)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--pool", default="data/mix/pool.jsonl")
+    ap.add_argument("--pick", default="models/pick")
+    ap.add_argument("--slot", default="qwen", help="the receiver (a models.* slot)")
+    ap.add_argument("--n", type=int, default=30, help="questions per dataset (default 30)")
+    ap.add_argument("--M", type=int, default=32, help="receiver positions (default 32)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--out", default="bench/results/pool_probe.md")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    params = load_params(args.params)
+    sender = Sender.load(params, args.pick, args.M)
+    by: dict[str, list[dict]] = {}
+    for r in read_jsonl(args.pool):
+        if is_eval_title("pick-dev:" + r["title"], 0.1) and len(by.setdefault(r["dataset"], [])) < args.n:
+            by[r["dataset"]].append(r)
+    rows = [r for ds in sorted(by) for r in by[ds]]
+    llm = load_frozen(args.slot, params.models[args.slot], params.prompt, params.cache_dir)
+    rec, (table, _) = Receiver(llm), string_table(sender.tokenizer, llm)
+    out = {"slot": args.slot, "M": args.M, "n": len(rows), "variants": {}}
+    for v in VARIANTS:
+        t0 = time.time()
+        pos = [positions(sender, r, args.M, v) for r in rows]
+        softs = [soft(table, p, v) for p in pos]
+        preds = []
+        for i in range(0, len(rows), args.batch):
+            preds += rec.answer(softs[i:i + args.batch], [r["question"] for r in rows[i:i + args.batch]],
+                                params.evaluate.max_new_tokens)
+        f1: dict[str, list[float]] = {}
+        for r, p in zip(rows, preds):
+            f1.setdefault(r["dataset"], []).append(max(f1_score(p, a) for a in r["answers"]))
+        res = {"f1": {ds: sum(x) / len(x) for ds, x in f1.items()},
+               "f1_pooled": sum(sum(x) for x in f1.values()) / max(len(rows), 1),
+               "positions": sum(len(p) for p in pos) / max(len(pos), 1),
+               "tokens_per_position": sum(len(g) for p in pos for g in p) / max(sum(len(p) for p in pos), 1),
+               "wall_s": round(time.time() - t0)}
+        out["variants"][v] = res
+        print(f"pool_probe: {v}: {res}", flush=True)
+    dss = sorted(by)
+    lines = [f"# Multi-token slots: the ceiling and the untrained start ({args.slot}, M = {args.M})", "",
+             f"`python bench/pool_probe.py --slot {args.slot} --n {args.n} --M {args.M}`: {len(rows)} questions of the "
+             "pick pool's held-out tenth (train-split titles, never the eval mix), untrained adapters, greedy "
+             "answers. See the script's docstring for the variants.", "",
+             "| variant | positions | tokens / position | " + " | ".join(f"F1 {d}" for d in dss) + " | F1 pooled |",
+             "|---|---|---|" + "---|" * len(dss) + "---|"]
+    for v, res in out["variants"].items():
+        lines.append(f"| {v} | {res['positions']:.1f} | {res['tokens_per_position']:.2f} | "
+                     + " | ".join(f"{res['f1'].get(d, 0.0):.3f}" for d in dss) + f" | {res['f1_pooled']:.3f} |")
+    write_text(args.out, "\n".join(lines) + "\n")
+    write_text(Path(args.out).with_suffix(".json"), json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
