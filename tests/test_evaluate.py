@@ -326,3 +326,46 @@ evaluate: {{max_new_tokens: 4, batch_size: 2, prepack: {str(prepack).lower()}}}
     assert swapped == [15, 15]  # both models, every linear; none with prepack false
     assert len(predictions[True]) == 2 * len(ROWS)
     assert predictions[True] == predictions[False]
+
+
+def test_the_full_text_runs_only_the_code_its_resume_unit_is_keyed_on(llms):
+    """The full text's unit hash covers baselines.FULL_TEXT_CODE only (a pick change reuses
+    it): every function of ours that answering the full text runs lives in those modules."""
+    import sys
+    from pathlib import Path
+    ran = set()
+    package = Path(baselines.__file__).parent
+
+    def tracer(frame, event, arg):
+        f = Path(frame.f_code.co_filename)
+        if f.parent == package:
+            ran.add(f.stem)
+
+    llm = llms["qwen"]
+    sys.setprofile(tracer)
+    try:
+        evaluate_model(llm, ROWS, 8, 60, max_new_tokens=3, batch_size=2, predictions=[], names=baselines.FULL)
+    finally:
+        sys.setprofile(None)
+    assert {"baselines", "receiver", "llm", "metrics"} <= ran  # the tracer saw the path
+    assert ran <= set(baselines.FULL_TEXT_CODE), ran - set(baselines.FULL_TEXT_CODE)
+
+
+def test_unit_keys_follow_only_their_code(tmp_path, monkeypatch):
+    """A copy of the package: an edit to pick.py keeps the full text's unit and moves every
+    other unit's; an edit to receiver.py moves the full text's too."""
+    import shutil
+    from pathlib import Path
+    from latentwire import io, units
+    copy = tmp_path / "latentwire"
+    shutil.copytree(Path(io.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(io, "__file__", str(copy / "io.py"))  # package_sha256 reads this folder
+    keys = lambda: (units.unit_path(tmp_path, "q-full", {"a": 1}, [], code=baselines.FULL_TEXT_CODE),  # noqa: E731
+                    units.unit_path(tmp_path, "q-cuts", {"a": 1}, []))
+    full, cuts = keys()
+    (copy / "pick.py").write_text((copy / "pick.py").read_text() + "\n# edited\n")
+    assert keys()[0] == full and keys()[1] != cuts
+    (copy / "receiver.py").write_text((copy / "receiver.py").read_text() + "\n# edited\n")
+    assert keys()[0] != full
+    with pytest.raises(ValueError, match="no_such_module"):
+        io.package_sha256(("baselines", "no_such_module"))

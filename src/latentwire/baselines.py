@@ -16,8 +16,9 @@ The question travels whole beside the context part in every variant, as beside t
 
 The stage picks every eval example once (payload bytes, picked text, the pick's recall), then per
 model slot answers the full text and the cuts as two resume units (units.py): the full text's
-unit is keyed without M and the pick, so `dvc exp run -S stage3.M=16` reuses it and reruns the
-cuts alone. It imports no encoder and no checkpoint: it reads the fitted pick only.
+unit is keyed without M and the pick, and on the code it runs alone (FULL_TEXT_CODE), so
+`dvc exp run -S stage3.M=16` or a change to pick.py reuses it and reruns the cuts alone. It
+imports no encoder and no checkpoint: it reads the fitted pick only.
 """
 from __future__ import annotations
 
@@ -124,6 +125,10 @@ def by_dataset(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 FULL, CUTS = ("text",), ("m_token", "equal_byte", *SELECTED)
+# the modules the full text's answers depend on: its resume unit is keyed on these alone
+# (tests/test_evaluate.py traces the full-text path: it runs no function of ours elsewhere)
+FULL_TEXT_CODE = ("baselines", "config", "io", "llm", "metrics", "packed", "placement", "receiver", "units",
+                  "wire")
 
 
 def evaluate_model(llm: FrozenLLM, rows: list[dict], M, B, max_new_tokens: int, batch_size: int,
@@ -263,7 +268,7 @@ def main(params_path: str = "params.yaml", eval_path: str = "data/mix/eval.jsonl
     pick_files = [p for p in [Path(pick_dir) / "pick.safetensors", Path(pick_dir) / "meta.json"] if p.is_file()]
     for slot, cfg in placement.resolve(params).models.items():  # null device_map: auto placement
         common = {"model": dataclasses.asdict(cfg), "prompt": dataclasses.asdict(params.prompt), "evaluate": ev}
-        full = unit_path(folder, f"{slot}-full", common, [eval_path])
+        full = unit_path(folder, f"{slot}-full", common, [eval_path], code=FULL_TEXT_CODE)
         cuts = unit_path(folder, f"{slot}-cuts", {**common, "M": M, "M_of": M_of, "seed": params.seed,
                                                   "sender": sender_params(params),
                                                   "pick": dataclasses.asdict(params.pick)},

@@ -108,10 +108,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def package_sha256() -> str:
-    """sha256 of this package's source files: resumable state saved by other code is not reused."""
+def package_sha256(modules: tuple[str, ...] | None = None) -> str:
+    """sha256 of this package's source files (or of the named `modules` only: the code a piece of
+    work runs): resumable state saved by other code is not reused."""
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.glob("*.py")):
+    files = sorted(Path(__file__).parent.glob("*.py"))
+    if modules is not None:
+        files = [f for f in files if f.stem in modules]
+        if missing := set(modules) - {f.stem for f in files}:
+            raise ValueError(f"package_sha256: no module {sorted(missing)} in {Path(__file__).parent}")
+    for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 

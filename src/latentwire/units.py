@@ -5,7 +5,8 @@ redoes only the unfinished one; a unit whose inputs changed has another hash and
 
 The hash covers the `key` (the params the unit's numbers depend on, and nothing else: the full
 text's key has no M and no pick, so a new M reuses it), the bytes of the files it read, and the
-sha256 of this package's code.
+sha256 of the code it runs (the full text: the modules in baselines.FULL_TEXT_CODE, so a change
+to the pick alone reuses it; every other unit: the whole package).
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from pathlib import Path
 from .io import package_sha256, read_jsonl, remove_temp_files, write_json
 
 
-def unit_path(folder: str | Path, name: str, key: dict, files: list) -> Path:
-    """<folder>/<name>-<hash16>.json."""
+def unit_path(folder: str | Path, name: str, key: dict, files: list, code: tuple[str, ...] | None = None) -> Path:
+    """<folder>/<name>-<hash16>.json. `code`: the modules the unit's numbers depend on (None:
+    the whole package), so a change elsewhere keeps it."""
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for f in files:
         h.update(Path(f).read_bytes())
-    h.update(package_sha256().encode())
+    h.update(package_sha256(code).encode())
     return Path(folder) / f"{name}-{h.hexdigest()[:16]}.json"
 
 
