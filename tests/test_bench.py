@@ -22,6 +22,7 @@ def bench(name: str):
     """bench/<name>.py as a module."""
     spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # a dataclass resolves its annotations through its module
     spec.loader.exec_module(module)
     return module
 
@@ -161,3 +162,38 @@ def test_gpu_check_dry_run_prepares_a_copy_with_every_stage(tmp_path):
     bad = subprocess.run([str(REPO / "bench/gpu_check.sh"), "stage3.nope=1"], env={**env, "KEEP": "0"},
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown key(s) ['params.stage3.nope']" in bad.stderr
+
+
+def test_ledger_zeroes_only_the_receiver_parts_it_names(tmp_path):
+    import torch
+
+    ledger = bench("ledger")
+    src = tmp_path / "best"
+    src.mkdir()
+    state = {"codec.adapters.qwen.pos": torch.ones(4, 3), "codec.adapters.qwen.delta.0.weight": torch.ones(2, 3),
+             "codec.adapters.qwen.delta.2.weight": torch.ones(3, 2), "codec.adapters.qwen.delta.2.bias": torch.ones(3)}
+    save_file(state, str(src / "model.safetensors"))
+    (src / "meta.json").write_text("{}")
+    ledger.zero_parts(src, tmp_path / "pos", ("pos",))
+    got = load_file(str(tmp_path / "pos/model.safetensors"))
+    assert got["codec.adapters.qwen.pos"].abs().sum() == 0 and got["codec.adapters.qwen.delta.2.bias"].sum() == 3
+    ledger.zero_parts(src, tmp_path / "both", ("pos", "delta"))
+    got = load_file(str(tmp_path / "both/model.safetensors"))
+    assert [k for k, v in got.items() if v.abs().sum() > 0] == ["codec.adapters.qwen.delta.0.weight"]
+    assert (tmp_path / "both/meta.json").is_file() and load_file(str(src / "model.safetensors"))["codec.adapters.qwen.pos"].sum() == 12
+    save_file({"encoder.layer.weight": torch.ones(2)}, str(src / "model.safetensors"))
+    with pytest.raises(ValueError, match="no .*pos"):
+        ledger.zero_parts(src, tmp_path / "none", ("pos",))
+
+
+def test_ledger_contribution_reads_with_the_lever_minus_without():
+    ledger = bench("ledger")
+    default = [{"model": "qwen", "dataset": ds, "id": f"{ds}{i}", "title": f"t{i % 3}", "f1_latent_ids": 0.5}
+               for ds in ("squad", "nq") for i in range(6)]
+    run = [{**p, "f1_latent_ids": 0.75 if p["dataset"] == "squad" else 0.5} for p in default]
+    removed = ledger.contribution(default, run, added=False)["qwen"]   # the run lacks the lever: it did better
+    added = ledger.contribution(default, run, added=True)["qwen"]      # the run has the lever
+    assert removed["squad"]["diff"] == -0.25 and added["squad"]["diff"] == 0.25 and added["nq"]["diff"] == 0
+    assert added["pooled"]["diff"] == 0.125 and added["pooled"]["changed"] == 6 and added["pooled"]["clusters"] == 6
+    with pytest.raises(ValueError, match="other questions"):
+        ledger.contribution(default, run[1:], added=True)

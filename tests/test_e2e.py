@@ -106,6 +106,34 @@ def test_second_repro_is_a_noop(project):
     assert "Running stage" not in out
 
 
+def test_ledger_runs_a_trained_and_an_edited_lever_against_the_default(project):
+    """bench/ledger.py on the repro'd project: a params lever trains its own stages in its own
+    workspace, a receiver lever edits a copy of the default's checkpoint; both answer the
+    default's eval questions and get a row. The project itself is left as it was."""
+    from safetensors.torch import load_file
+
+    try:
+        out = sh(project, sys.executable, str(REPO / "bench/ledger.py"), "--only", "adaptive_K", "learned_receiver")
+        work = project / "bench/ledger"
+        trained = json.loads((work / "adaptive_K/result.json").read_text())
+        edited = json.loads((work / "learned_receiver/result.json").read_text())
+        assert trained["steps"] == 6 and edited["steps"] == 0  # max_steps 2 in each of three stages
+        assert yaml.safe_load((work / "adaptive_K/params.yaml").read_text())["train"]["K_thresholds"] == []
+        assert (work / "adaptive_K/models/stage3/best/model.safetensors").is_file()
+        zeroed = load_file(str(work / "learned_receiver/models/stage3/best/model.safetensors"))
+        parts = [k for k in zeroed if k.endswith(".pos") or ".delta.2." in k]
+        assert parts and all(zeroed[k].abs().sum() == 0 for k in parts)  # zero_parts: tests/test_bench.py
+        table = (project / "bench/results/ledger.md").read_text()
+        rows = {line.split(":")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+        assert "[" in rows["adaptive_K"] and "[" in rows["learned_receiver"] and "not run yet" in rows["curriculum"]
+        levers = json.loads((project / "bench/results/ledger.json").read_text())["levers"]
+        assert levers["adaptive_K"]["contribution"]["llama"]["pooled"]["n"] == 12
+        assert json.loads(sh(project, sys.executable, "-m", "dvc", "status", "--json")) == {}  # the default untouched
+        assert "ledger:" in out
+    finally:
+        shutil.rmtree(project / "bench", ignore_errors=True)
+
+
 def ran(out: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out))
 

@@ -426,9 +426,12 @@ def run_info(st: Stage, root: Path) -> dict:
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("stage", choices=list(PREVIOUS), help="curriculum stage (reads params <stage>.*)")
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--root", default=".", help="the workspace: reads data/mix, data/kd and models/pick there, "
+                   "writes models/<stage> and metrics/train there (default: the project; bench/ledger.py "
+                   "gives each lever its own)")
 
 
 def run(args: argparse.Namespace) -> None:
     # several GPUs (or LATENTWIRE_PROCESSES=N): re-run this command under `accelerate launch`
-    if not launch.relaunch(["train", args.stage, "--params", args.params]):
-        main(args.stage, args.params)
+    if not launch.relaunch(["train", args.stage, "--params", args.params, "--root", args.root]):
+        main(args.stage, args.params, args.root)

