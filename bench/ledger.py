@@ -25,6 +25,7 @@ it on a clean `dvc status`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -112,10 +113,10 @@ def set_key(raw: dict, dotted: str, value) -> None:
     node[last] = value
 
 
-def zero_parts(src: Path, dst: Path, parts: tuple[str, ...]) -> None:
-    """A copy of checkpoint folder src (its weights and meta.json) with every adapter's `pos`
-    and/or the last layer of its learned correction (`delta.2`: then delta(e) = 0 exactly) set
-    to zero."""
+def copy_checkpoint(src: Path, dst: Path, parts: tuple[str, ...] = ()) -> None:
+    """A copy of checkpoint folder src (its weights and meta.json, not a last/ folder's resume
+    state) with each of `parts` of every adapter set to zero: `pos`, and/or `delta` (the last
+    layer of its learned correction, so that delta(e) = 0 exactly)."""
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
     shutil.copy(src / "meta.json", dst / "meta.json")
@@ -155,7 +156,7 @@ def run_lever(name: str, lever: Lever, force: bool = False) -> dict:
         sh("teacher-kd-cache", "--params", str(params), "--train", str(ws / "data/mix/train.jsonl"),
            "--out", str(ws / "data/kd"))
     if lever.zero or lever.checkpoint:
-        zero_parts(Path(lever.checkpoint or "models/stage3/best"), ws / "models/stage3/best", lever.zero)
+        copy_checkpoint(Path(lever.checkpoint or "models/stage3/best"), ws / "models/stage3/best", lever.zero)
     else:
         for stage in STAGES:  # a finished stage is kept (a killed one resumes: train's own last/)
             if not (ws / f"metrics/train/{stage}.json").is_file():
@@ -163,19 +164,15 @@ def run_lever(name: str, lever: Lever, force: bool = False) -> dict:
     sh("evaluate", "--params", str(params), "--eval", "data/mix/eval.jsonl", "--checkpoint",
        str(ws / "models/stage3/best"), "--baselines", "data/eval/text_baselines.json", "--metrics",
        str(ws / "metrics/eval.json"), "--predictions", str(ws / "predictions.jsonl"), "--pick", "models/pick")
-    trained = [json.loads((ws / f"metrics/train/{s}.json").read_text()) for s in STAGES] \
-        if not (lever.zero or lever.checkpoint) else []
-    result = {"lever": name, "overrides": lever.overrides, "zero": list(lever.zero),
+    result = {"lever": name, "overrides": lever.overrides, "zero": list(lever.zero), "checkpoint": lever.checkpoint,
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                        text=True).stdout.strip(),
-              "steps": sum(m["steps"] for m in trained) if trained else 0,
-              "train_examples": trained[-1]["train_examples"] if trained else 0,
               "wall_s": round(time.time() - t0, 1)}
     write_json(ws / "result.json", result)
     return result
 
 
-def default_run(root: Path = Path(".")) -> dict:
+def trained(root: Path = Path(".")) -> dict:
     """A run's steps, train examples and each stage's best step (the dev-chosen checkpoint the
     next stage starts from) in root/metrics/train; {} where it trained nothing."""
     files = [root / f"metrics/train/{s}.json" for s in STAGES]
@@ -215,7 +212,7 @@ def ci(c: dict) -> str:
 
 def table(results: dict[str, dict]) -> str:
     default = read_jsonl("data/eval/predictions.jsonl")
-    base = default_run()
+    base = trained()
     models = sorted({p["model"] for p in default})
     datasets = sorted({p["dataset"] for p in default})
     lines = ["| lever (with it vs without) | seed plan's Δ | " + " | ".join(f"{m} pooled Δ F1 [95 % CI]" for m in models)
@@ -232,12 +229,13 @@ def table(results: dict[str, dict]) -> str:
                          + f" | – | – | – | {why} |")
             continue
         c = contribution(default, read_jsonl(WORK / name / "predictions.jsonl"), lever.added)
-        rows[name] = {**r, "contribution": c, "projected": lever.projected, "item": lever.item}
-        own = default_run(WORK / name)
-        steps = f"{r['steps']} / {base['steps']}" if own else f"0 (the default's {base['steps']}, edited)"
+        own = trained(WORK / name)  # {}: an edited copy of the default's checkpoint
+        rows[name] = {**{k: r.get(k) for k in ("overrides", "zero", "checkpoint", "commit", "wall_s")}, **own,
+                      "contribution": c, "projected": lever.projected, "item": lever.item}
+        steps = f"{own['steps']} / {base['steps']}" if own else f"0 (the default's {base['steps']}, edited)"
         best = "/".join(str(b) for b in own["best_steps"]) if own else "–"
         lines.append(f"| {name}: {lever.item} | {lever.projected} | " + " | ".join(ci(c[m]["pooled"]) for m in models)
-                     + f" | {steps} | {best} | {r['train_examples'] or base['train_examples']} | {r['wall_s'] / 60:.0f} min |")
+                     + f" | {steps} | {best} | {(own or base)['train_examples']} | {r['wall_s'] / 60:.0f} min |")
         for m in models:
             detail.append(f"| {name} | {m} | " + " | ".join(ci(c[m][ds]) for ds in datasets)
                           + f" | {c[m]['pooled']['changed']} of {c[m]['pooled']['n']} |")
@@ -256,16 +254,14 @@ def main() -> None:
     for f in ("data/eval/predictions.jsonl", "data/eval/text_baselines.json", "models/stage3/best/model.safetensors"):
         if not Path(f).is_file():
             raise SystemExit(f"ledger: {f} is missing: run `dvc repro` first (the default is the baseline)")
-    import importlib.util
     results = {}
     for name, lever in LEVERS.items():
         done = WORK / name / "result.json"
-        want = not args.table and (args.only is None or name in args.only)
-        if want and lever.skip is None and (lever.needs is None or importlib.util.find_spec(lever.needs)) \
-                and (args.force or not done.is_file()):
-            run_lever(name, lever, args.force)
-        elif want and lever.needs and not importlib.util.find_spec(lever.needs):
+        want = not args.table and lever.skip is None and (args.only is None or name in args.only)
+        if want and lever.needs and not importlib.util.find_spec(lever.needs):
             print(f"ledger: {name} skipped: {lever.needs} is not installed (requirements-models.txt)")
+        elif want and (args.force or not done.is_file()):
+            run_lever(name, lever, args.force)
         if done.is_file():
             results[name] = json.loads(done.read_text())
     text = table(results)

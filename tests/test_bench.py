@@ -174,20 +174,20 @@ def test_ledger_zeroes_only_the_receiver_parts_it_names(tmp_path):
              "codec.adapters.qwen.delta.2.weight": torch.ones(3, 2), "codec.adapters.qwen.delta.2.bias": torch.ones(3)}
     save_file(state, str(src / "model.safetensors"))
     (src / "meta.json").write_text("{}")
-    ledger.zero_parts(src, tmp_path / "pos", ("pos",))
+    ledger.copy_checkpoint(src, tmp_path / "pos", ("pos",))
     got = load_file(str(tmp_path / "pos/model.safetensors"))
     assert got["codec.adapters.qwen.pos"].abs().sum() == 0 and got["codec.adapters.qwen.delta.2.bias"].sum() == 3
-    ledger.zero_parts(src, tmp_path / "both", ("pos", "delta"))
+    ledger.copy_checkpoint(src, tmp_path / "both", ("pos", "delta"))
     got = load_file(str(tmp_path / "both/model.safetensors"))
     assert [k for k, v in got.items() if v.abs().sum() > 0] == ["codec.adapters.qwen.delta.0.weight"]
     assert (tmp_path / "both/meta.json").is_file() and load_file(str(src / "model.safetensors"))["codec.adapters.qwen.pos"].sum() == 12
     (src / "optimizer.safetensors").write_bytes(b"resume state")  # a last/ folder: not a checkpoint to read
-    ledger.zero_parts(src, tmp_path / "copy", ())
+    ledger.copy_checkpoint(src, tmp_path / "copy", ())
     assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["meta.json", "model.safetensors"]
     assert all(v.sum() > 0 for v in load_file(str(tmp_path / "copy/model.safetensors")).values())
     save_file({"encoder.layer.weight": torch.ones(2)}, str(src / "model.safetensors"))
     with pytest.raises(ValueError, match="no .*pos"):
-        ledger.zero_parts(src, tmp_path / "none", ("pos",))
+        ledger.copy_checkpoint(src, tmp_path / "none", ("pos",))
 
 
 def test_ledger_contribution_reads_with_the_lever_minus_without():
