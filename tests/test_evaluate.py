@@ -103,6 +103,26 @@ def test_generate_text_order_and_batching(llms, kind):
     assert generate_text(llm, [], 6, 3) == []
 
 
+def test_length_batches_cap_rows_and_tokens():
+    lengths = [1300, 40, 1250, 200, 60, 1400, 210, 50, 45]
+    bs = baselines.length_batches(lengths, 4, 2800)
+    assert sorted(i for b in bs for i in b) == list(range(len(lengths)))  # every prompt once
+    assert [lengths[b[0]] for b in bs] == sorted((lengths[b[0]] for b in bs), reverse=True)  # longest first
+    # rows x the batch's longest (its first) <= 2800, and at most 4 rows
+    assert [[lengths[i] for i in b] for b in bs] == [[1400, 1300], [1250, 210], [200, 60, 50, 45], [40]]
+    assert all(len(b) * max(lengths[i] for i in b) <= 2800 or len(b) == 1 for b in bs)
+    assert [len(b) for b in baselines.length_batches(lengths, 4)] == [4, 4, 1]  # no token cap: rows alone
+    assert baselines.length_batches([5000], 4, 100) == [[0]]  # a prompt over the cap still runs, alone
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen"])
+def test_generate_text_token_batches_give_the_same_answers(llms, kind):
+    llm = llms[kind]
+    prompts = [llm.template.render(c, q) for c, q in [("Rome.", "What?"), (LONG, "Which river flows through Paris?"),
+                                                      ("Tokyo is in Japan.", "Where is Tokyo?")]]
+    assert generate_text(llm, prompts, 6, 3, batch_tokens=20) == reference(llm, prompts, 6)
+
+
 def test_generate_text_reuses_the_prefix_cache_and_falls_back_without_it(llms, monkeypatch):
     llm = llms["qwen"]
     prompts = [llm.template.render(c, q) for c, q in [("Rome.", "What?"), (LONG, "Which river?"),
@@ -178,7 +198,7 @@ def test_evaluate_model_scores_each_baseline(llms, monkeypatch):
     golds = {r["question"]: r["answers"] for r in ROWS}
     calls = []
 
-    def oracle(llm_, prompts, max_new_tokens, batch_size, desc=""):
+    def oracle(llm_, prompts, max_new_tokens, batch_size, desc="", batch_tokens=None):
         calls.append((desc, max_new_tokens, batch_size, len(prompts)))
         out = []
         for p in prompts:

@@ -322,6 +322,27 @@ def test_pick_lodo_benchmark_runs_on_the_tiny_models(project, trained, tmp_path)
     assert "| squad | nq | 5 |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
 
 
+def test_pick_pool_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
+    """bench/pick_pool.py must not rot: one dev set read by a pick fitted per pool size, the
+    smaller pool drawn equally from each dataset and holding no dev title."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pick_pool", REPO / "bench" / "pick_pool.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows(30, "squad", 100) + rows(30, "nq", 200)))
+    out = tmp_path / "pool.md"
+    r = bench.main(["--params", str(project / "params.yaml"), "--pool", str(pool), "--features",
+                    str(tmp_path / "f.safetensors"), "--pick", str(project / "models/pick"), "--sizes", "20", "0",
+                    "--out", str(out)])
+    small, whole = r["sizes"]
+    assert 0 < r["dev_examples"] < 20 and (small["pool"], whole["pool"]) == (20, 60)
+    assert whole["fit_examples"] == 60 - r["dev_examples"]  # every row outside the dev titles
+    assert set(small["per_dataset_fit"]) == {"squad", "nq"} and max(small["per_dataset_fit"].values()) <= 10
+    assert set(small["recall"]) == set(whole["recall"]) == {"squad", "nq"}
+    assert "| 60 |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
+
+
 def test_pool_probe_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
     """bench/pool_probe.py must not rot: every variant within M positions, the pooled ones
     carrying about two tokens a position, twice the tokens at twice the positions."""

@@ -59,7 +59,7 @@ class DataConfig:
     eval_fraction: float = 0.2       # share of titles held out for eval (split by title hash)
     train_examples: int = 112        # size of the train mix, split by weight
     max_context_chars: int = 2000    # answer-blind cap: whole paragraphs from the start, then a sentence end
-    pick_pool: int = 5000            # train-split examples (never an eval title) to fit the pick on
+    pick_pool: int = 20000           # train-split examples (never an eval title) to fit the pick on
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -233,9 +233,14 @@ class StageConfig:
 class EvaluateConfig:
     max_new_tokens: int = 12
     batch_size: int = 8
+    batch_tokens: int | None = 2800  # text prompts: at most this many tokens a batch (rows x the longest); None: off
     max_examples: int | None = None  # per dataset, on top of data.*.max_eval (tests use it)
     bootstrap: int = 2000            # paired bootstrap resamples for each CI
     prepack: bool = True             # CPU: linear weights reordered once at load (packed.py)
+
+    def __post_init__(self):
+        if self.batch_size < 1 or (self.batch_tokens is not None and self.batch_tokens < 1):
+            raise ConfigError("evaluate: batch_size and batch_tokens must be >= 1 (batch_tokens: or null)")
 
 
 @dataclass

@@ -468,17 +468,22 @@ def make_mix(data_cfg, loaded: dict, seed: int = 0, max_examples: int | None = N
     return train, evals, {"datasets": info, "notes": notes}
 
 
+def share_out(groups: dict[str, list], n: int, weights: dict[str, float], seed: int) -> list:
+    """n examples (anything with an .id) shared out by weight over the groups: a deterministic
+    sample of each group's share, and a share a group cannot fill goes to the others."""
+    want = shares(n, {g: weights[g] for g in groups if groups[g]})
+    short = sum(max(0, k - len(groups[g])) for g, k in want.items())
+    out = []
+    for g in sorted(want, key=lambda g: len(groups[g])):
+        k = min(len(groups[g]), want[g] + short)
+        short -= max(0, k - want[g])
+        out += sample(groups[g], k, seed)
+    return out
+
+
 def pick_pool(data_cfg, loaded: dict, seed: int = 0, exclude: frozenset = frozenset()) -> list[Example]:
     """Up to data.pick_pool train-split examples, shared out by weight, for fitting the pick
     (eval-only datasets and eval titles give none; ids in `exclude`, the curriculum's dev
     rows, neither)."""
     train_pools = {n: [ex for ex in tr if ex.id not in exclude] for n, (tr, _) in pools(data_cfg, loaded).items()}
-    want = shares(data_cfg.pick_pool, {n: data_cfg.datasets[n].weight for n in loaded if train_pools[n]})
-    # a share a dataset cannot fill goes to the others
-    short = sum(max(0, k - len(train_pools[n])) for n, k in want.items())
-    out = []
-    for name in sorted(want, key=lambda n: len(train_pools[n])):
-        k = min(len(train_pools[name]), want[name] + short)
-        short -= max(0, k - want[name])
-        out += sample(train_pools[name], k, seed)
-    return out
+    return share_out(train_pools, data_cfg.pick_pool, {n: data_cfg.datasets[n].weight for n in loaded}, seed)
