@@ -1,6 +1,5 @@
 """bench/ scripts must not rot: each one runs here in seconds, on the tiny models or the committed
 metrics (bench/latency.py, bench/pick_lodo.py and bench/pool_probe.py run in test_ids.py)."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,18 +12,9 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tiny import qa_rows
+from tiny import bench, qa_rows
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def bench(name: str):
-    """bench/<name>.py as a module."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # a dataclass resolves its annotations through its module
-    spec.loader.exec_module(module)
-    return module
 
 
 def git(cwd: Path, *args: str) -> None:

@@ -14,7 +14,7 @@ from latentwire import baselines, evaluate, kd, pick, sender, train
 from latentwire.config import load_params
 from latentwire.receiver import Receiver
 from latentwire.llm import load_frozen
-from tiny import qa_rows as rows  # answer in the third sentence of each context
+from tiny import bench, qa_rows as rows  # answer in the third sentence of each context
 
 REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
@@ -243,10 +243,7 @@ def test_python_api_round_trip(project, trained, monkeypatch):
 
 def test_latency_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
     """bench/latency.py must not rot: it runs here in seconds and writes every field."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("latency", REPO / "bench" / "latency.py")
-    latency = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(latency)
+    latency = bench("latency")
     out = tmp_path / "latency.json"
     r = latency.main(["--params", str(project / "params.yaml"), "--eval", str(project / "data/mix/eval.jsonl"),
                       "--checkpoint", str(project / "models/stage3/best"), "--pick", str(project / "models/pick"),
@@ -305,10 +302,7 @@ def test_a_dataset_with_its_own_M_gets_that_many_positions(project, trained):
 
 def test_pick_lodo_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
     """bench/pick_lodo.py must not rot: each dataset left out once, read by a pick fitted on the rest."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("pick_lodo", REPO / "bench" / "pick_lodo.py")
-    lodo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lodo)
+    lodo = bench("pick_lodo")
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows(12, "squad", 100) + rows(12, "nq", 200)))
     out = tmp_path / "lodo.md"
@@ -325,16 +319,13 @@ def test_pick_lodo_benchmark_runs_on_the_tiny_models(project, trained, tmp_path)
 def test_pick_pool_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
     """bench/pick_pool.py must not rot: one dev set read by a pick fitted per pool size, the
     smaller pool drawn equally from each dataset and holding no dev title."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("pick_pool", REPO / "bench" / "pick_pool.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    pool_bench = bench("pick_pool")
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows(30, "squad", 100) + rows(30, "nq", 200)))
     out = tmp_path / "pool.md"
-    r = bench.main(["--params", str(project / "params.yaml"), "--pool", str(pool), "--features",
-                    str(tmp_path / "f.safetensors"), "--pick", str(project / "models/pick"), "--sizes", "20", "0",
-                    "--out", str(out)])
+    r = pool_bench.main(["--params", str(project / "params.yaml"), "--pool", str(pool), "--features",
+                         str(tmp_path / "f.safetensors"), "--pick", str(project / "models/pick"), "--sizes", "20", "0",
+                         "--out", str(out)])
     small, whole = r["sizes"]
     assert 0 < r["dev_examples"] < 20 and (small["pool"], whole["pool"]) == (20, 60)
     assert whole["fit_examples"] == 60 - r["dev_examples"]  # every row outside the dev titles
@@ -346,10 +337,7 @@ def test_pick_pool_benchmark_runs_on_the_tiny_models(project, trained, tmp_path)
 def test_pool_probe_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
     """bench/pool_probe.py must not rot: every variant within M positions, the pooled ones
     carrying about two tokens a position, twice the tokens at twice the positions."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("pool_probe", REPO / "bench" / "pool_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = bench("pool_probe")
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows(60, "squad", 100) + rows(60, "nq", 300)))
     out = tmp_path / "probe.md"

@@ -144,3 +144,15 @@ def fit_pick(root: Path, params: str = "params.yaml", n: int = 24) -> dict:
     return sender.main(str(root / params), str(root / "data/mix/pool.jsonl"),
                        str(root / "data/pick/features.safetensors"), str(root / "models/pick"),
                        str(root / "metrics/pick.json"))
+
+
+def bench(name: str):
+    """bench/<name>.py as a module (the bench scripts are not a package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # a dataclass resolves its annotations through its module
+    spec.loader.exec_module(module)
+    return module
