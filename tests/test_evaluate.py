@@ -116,11 +116,18 @@ def test_length_batches_cap_rows_and_tokens():
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen"])
-def test_generate_text_token_batches_give_the_same_answers(llms, kind):
+def test_generate_text_token_batches_give_the_same_answers(llms, kind, monkeypatch):
     llm = llms[kind]
     prompts = [llm.template.render(c, q) for c, q in [("Rome.", "What?"), (LONG, "Which river flows through Paris?"),
                                                       ("Tokyo is in Japan.", "Where is Tokyo?")]]
-    assert generate_text(llm, prompts, 6, 3, batch_tokens=20) == reference(llm, prompts, 6)
+    P = len(evaluate.Receiver(llm).prefix_ids)
+    rest = [len(llm.tokenizer(p, add_special_tokens=False)["input_ids"]) - P for p in prompts]
+    assert rest[1] >= 2 * max(rest[0], rest[2])  # so a cap of the long rest sends it alone, the short two together
+    calls = []
+    real = evaluate.Receiver.cache
+    monkeypatch.setattr(evaluate.Receiver, "cache", lambda self, b: calls.append(b) or real(self, b))
+    assert generate_text(llm, prompts, 6, 3, batch_tokens=rest[1]) == reference(llm, prompts, 6)
+    assert calls == [1, 2]  # without the cap: one batch of 3
 
 
 def test_generate_text_reuses_the_prefix_cache_and_falls_back_without_it(llms, monkeypatch):
