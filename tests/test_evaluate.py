@@ -4,7 +4,7 @@ import json
 import pytest
 
 import tiny  # noqa: F401  (sets HF_HUB_OFFLINE before transformers is imported)
-from latentwire import baselines, evaluate, packed
+from latentwire import baselines, evaluate, llm, packed
 from latentwire.baselines import clean, cut_tokens, evaluate_model, generate_text, score, text_variants
 from latentwire.config import ModelConfig, PromptConfig
 from latentwire.llm import load_frozen
@@ -105,14 +105,14 @@ def test_generate_text_order_and_batching(llms, kind):
 
 def test_length_batches_cap_rows_and_tokens():
     lengths = [1300, 40, 1250, 200, 60, 1400, 210, 50, 45]
-    bs = baselines.length_batches(lengths, 4, 2800)
+    bs = llm.length_batches(lengths, 4, 2800)
     assert sorted(i for b in bs for i in b) == list(range(len(lengths)))  # every prompt once
     assert [lengths[b[0]] for b in bs] == sorted((lengths[b[0]] for b in bs), reverse=True)  # longest first
     # rows x the batch's longest (its first) <= 2800, and at most 4 rows
     assert [[lengths[i] for i in b] for b in bs] == [[1400, 1300], [1250, 210], [200, 60, 50, 45], [40]]
     assert all(len(b) * max(lengths[i] for i in b) <= 2800 or len(b) == 1 for b in bs)
-    assert [len(b) for b in baselines.length_batches(lengths, 4)] == [4, 4, 1]  # no token cap: rows alone
-    assert baselines.length_batches([5000], 4, 100) == [[0]]  # a prompt over the cap still runs, alone
+    assert [len(b) for b in llm.length_batches(lengths, 4)] == [4, 4, 1]  # no token cap: rows alone
+    assert llm.length_batches([5000], 4, 100) == [[0]]  # a prompt over the cap still runs, alone
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen"])

@@ -39,12 +39,12 @@ def tiny(tmp_path_factory):
     return {kind: make_tiny(kind, root / kind) for kind in ("llama", "qwen2")}
 
 
-def setup(tmp_path: Path, tiny, teachers=None, rows=ROWS, k=K) -> tuple[Path, Path]:
+def setup(tmp_path: Path, tiny, teachers=None, rows=ROWS, k=K, batch_tokens=1400) -> tuple[Path, Path]:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["models"] = {"llama": {"source": "local", "path": str(tiny["llama"])},
                      "qwen": {"source": "local", "path": str(tiny["qwen2"])}}
     raw["teachers"] = teachers or {}
-    raw["kd"] = {"k": k, "K_max": K_MAX, "batch_size": 3}
+    raw["kd"] = {"k": k, "K_max": K_MAX, "batch_size": 3, "batch_tokens": batch_tokens}
     tmp_path.mkdir(parents=True, exist_ok=True)
     params, train = tmp_path / "params.yaml", tmp_path / "train.jsonl"
     params.write_text(yaml.safe_dump(raw))
@@ -52,14 +52,19 @@ def setup(tmp_path: Path, tiny, teachers=None, rows=ROWS, k=K) -> tuple[Path, Pa
     return params, train
 
 
-@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-5), (torch.float32, 1e-4)])
-def test_cache_matches_a_direct_teacher_forward(tmp_path, tiny, monkeypatch, dtype, atol):
+@pytest.mark.parametrize("dtype,atol,cap", [(torch.float64, 1e-5, 1400), (torch.float32, 1e-4, 1400),
+                                            (torch.float64, 1e-5, 1)])
+def test_cache_matches_a_direct_teacher_forward(tmp_path, tiny, monkeypatch, dtype, atol, cap):
     # The tiny models' large init (logits ~20) makes float32 rounding between differently shaped
     # forwards (padded batch vs one unpadded row) ~1e-5; in float64 only the final float32 cast
     # is left, so 1e-5 checks the positions and masks, not the kernels.
     monkeypatch.setitem(llm_module.DTYPES, "float32", dtype)
-    params_path, train = setup(tmp_path, tiny)
+    params_path, train = setup(tmp_path, tiny, batch_tokens=cap)
+    sizes, logp = [], kd.teacher_logp
+    monkeypatch.setattr(kd, "teacher_logp", lambda t, prompts, *a: sizes.append(len(prompts)) or logp(t, prompts, *a))
     out = kd.main(str(params_path), str(train), str(tmp_path / "kd"))
+    # kd.batch_tokens: the 5 prompts (~100 tokens) go in threes under 1,400 tokens, alone under 1
+    assert sizes == ([3, 2] if cap == 1400 else [1] * 5) * 2
     params = load_params(params_path)
     for slot in ("llama", "qwen"):
         llm = load_frozen(slot, params.models[slot], params.prompt)

@@ -62,16 +62,22 @@ def test_support_labels_and_support_recall():
 def test_the_gru_windows_match_one_pass_on_short_contexts():
     torch.manual_seed(0)
     m = pick.PickModel(hidden=8, d_embed=4)
-    x = torch.randn(2, 40, pick.N_FEATURES + 9)
-    h = torch.nn.functional.gelu(m.inp(x))
+    m.set_embeddings(torch.randn(20, 4))
+    x, ids, q = torch.randn(2, 40, pick.N_FEATURES + 1), torch.randint(0, 20, (2, 40)), torch.randn(2, 4)
+    full = torch.cat([x[..., :-1], m.E[ids], q[:, None].expand(-1, 40, -1), x[..., -1:]], -1)  # inp's columns
+    h = torch.nn.functional.gelu(m.inp(full))
     o, _ = m.gru(h)
     want = m.out(torch.cat([o, h], -1))
-    assert torch.allclose(m(x, [40, 40]), want, atol=1e-6)  # with lengths: exactly one pass
-    long = torch.randn(1, pick.CHUNK + 7, pick.N_FEATURES + 9)
-    assert m(long).shape == (1, pick.CHUNK + 7, 2)
-    # padding is never read: a row padded in a batch rates its tokens as it does alone
-    padded = torch.cat([x[:1, :30], torch.zeros(1, 10, x.shape[-1])], 1)
-    assert torch.allclose(m(torch.cat([padded, x[1:]]), [30, 40])[0, :30], m(x[:1, :30], [30])[0], atol=1e-6)
+    assert torch.allclose(m(x, ids, q, [40, 40]), want, atol=1e-5)  # with lengths: exactly one pass
+    n = pick.CHUNK + 7
+    assert m(torch.randn(1, n, pick.N_FEATURES + 1), torch.randint(0, 20, (1, n)), q[:1]).shape == (1, n, 2)
+    # padding (id -1, zero features) is never read: a row padded in a batch rates its tokens as it does alone
+    px = torch.cat([x[:1, :30], torch.zeros(1, 10, x.shape[-1])], 1)
+    pids = torch.cat([ids[:1, :30], torch.full((1, 10), -1)], 1)
+    batch = m(torch.cat([px, x[1:]]), torch.cat([pids, ids[1:]]), q, [30, 40])
+    assert torch.allclose(batch[0, :30], m(x[:1, :30], ids[:1, :30], q[:1], [30])[0], atol=1e-6)
+    # without lengths (the fit) padding reads as the zero input: the projected layer gives the bias there
+    assert torch.equal(m.project(px, pids, q[:1])[0, 30:], torch.zeros(10, 8))
 
 
 def test_length_batches_cover_every_context_once():

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from . import payload, pick, placement
 from .config import Params, load_params, sender_params
 from .io import peak_rss_mb, write_json
-from .llm import FrozenLLM, load_frozen
+from .llm import FrozenLLM, length_batches, load_frozen
 from .metrics import best_em, best_f1
 from .packed import pack
 from .receiver import Receiver, clean
@@ -51,24 +51,6 @@ PRECISIONS = {"fp16": 16, "int8": 8, "int4": 4}
 def code_name(params: Params) -> str:
     """The latent's name in the metrics: ids, or the precision of the continuous values."""
     return "ids" if params.encoder.kind == "ids" else {b: n for n, b in PRECISIONS.items()}[params.bytes.bits]
-
-
-@torch.inference_mode()
-def length_batches(lengths: list[int], batch_size: int, batch_tokens: int | None = None) -> list[list[int]]:
-    """Indices, longest first, cut into batches of at most batch_size rows and (with
-    batch_tokens) at most batch_tokens tokens counted as rows x the batch's longest, at least
-    one row. On CPU a batch of long prompts is slower per prompt than a small one (two
-    1,300-token prompts at a time: -29 % wall against eight, the same answers), while short
-    prompts gain from batch_size."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    out: list[list[int]] = []
-    for i in order:
-        if out and len(out[-1]) < batch_size and (batch_tokens is None
-                                                  or (len(out[-1]) + 1) * lengths[out[-1][0]] <= batch_tokens):
-            out[-1].append(i)
-        else:
-            out.append([i])
-    return out
 
 
 def generate_text(llm: FrozenLLM, prompts: list[str], max_new_tokens: int, batch_size: int,

@@ -193,6 +193,11 @@ class KDConfig:
     K_max: int = 6
     tau: float = 1.0                 # KD temperature (applied to the k+1-bucket distribution)
     batch_size: int = 8
+    batch_tokens: int | None = 1400  # at most this many prompt tokens a batch (rows x the longest); None: off
+
+    def __post_init__(self):
+        if self.batch_size < 1 or (self.batch_tokens is not None and self.batch_tokens < 1):
+            raise ConfigError("kd: batch_size and batch_tokens must be >= 1 (batch_tokens: or null)")
 
 
 @dataclass
@@ -232,7 +237,7 @@ class StageConfig:
 @dataclass
 class EvaluateConfig:
     max_new_tokens: int = 12
-    batch_size: int = 8
+    batch_size: int = 32
     batch_tokens: int | None = 2800  # text prompts: at most this many tokens a batch (rows x the longest); None: off
     max_examples: int | None = None  # per dataset, on top of data.*.max_eval (tests use it)
     bootstrap: int = 2000            # paired bootstrap resamples for each CI

@@ -54,7 +54,7 @@ from transformers import AutoTokenizer
 
 from .config import ModelConfig, Params, load_params, teachers_of
 from .io import atomic_path, read_jsonl, remove_temp_files, sha256_of, write_json
-from .llm import PromptTemplate, build_template, load_frozen, model_folder
+from .llm import PromptTemplate, build_template, length_batches, load_frozen, model_folder
 from .placement import resolve as auto_place
 from .signals import StopRequest, stop_requests
 
@@ -222,15 +222,14 @@ def build_slot(params: Params, slot: str, tokenizer, template: PromptTemplate, r
     answer_mask = torch.zeros(N, K_max, dtype=torch.bool)
     for i, a in enumerate(answers):
         answer_ids[i, :len(a)], answer_mask[i, :len(a)] = torch.tensor(a), True
-    order = sorted(range(N), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+    # similar lengths share a batch, long prompts in small ones (llm.length_batches)
+    batches = length_batches([len(p) for p in prompts], bs, params.kd.batch_tokens)
     partial = out_path.with_name(f"{slot}.partial")
-    done, n_batches = read_partial(partial, key), math.ceil(N / bs)
-    reused = sum(all(i in done for i in order[s:s + bs]) for s in range(0, N, bs))
+    done, n_batches = read_partial(partial, key), len(batches)
+    reused = sum(all(i in done for i in idx) for idx in batches)
     if reused:
         print(f"teacher-kd-cache: {slot}: resumed {reused}/{n_batches} batches from {partial}")
-    for b, start in enumerate(tqdm(range(0, N, bs), desc=f"kd/{slot}", leave=False, disable=None,
-                                   unit="batch")):
-        idx = order[start:start + bs]
+    for b, idx in enumerate(tqdm(batches, desc=f"kd/{slot}", leave=False, disable=None, unit="batch")):
         if all(i in done for i in idx):  # the same batch as before the kill: the same numbers
             top_idx[idx] = torch.stack([done[i][0] for i in idx])
             top_logp[idx] = torch.stack([done[i][1] for i in idx])
@@ -241,7 +240,7 @@ def build_slot(params: Params, slot: str, tokenizer, template: PromptTemplate, r
         keep = answer_mask[idx].unsqueeze(-1)
         top_logp[idx] = values.where(keep, 0.0)
         top_idx[idx] = indices.to(torch.int32).where(keep, 0)
-        with atomic_path(partial / f"{start:08d}.safetensors") as tmp:
+        with atomic_path(partial / f"{b:08d}.safetensors") as tmp:
             save_file({"top_idx": top_idx[idx], "top_logp": top_logp[idx]}, str(tmp),
                       metadata={"key": key, "rows": json.dumps(idx)})
         if stop:

@@ -258,23 +258,41 @@ class PickModel(torch.nn.Module):
             raise ValueError(f"pick: embeddings of width {E.shape[1]}, the model was built for {self.d_embed}")
         self.E = torch.nn.functional.normalize(E.float(), dim=-1)
 
-    def inputs(self, r: "Read", a: int = 0, b: int | None = None) -> torch.Tensor:
-        """[b - a, n_in] for tokens a..b of one read context (default: all)."""
+    def inputs(self, r: "Read", a: int = 0, b: int | None = None):
+        """Tokens a..b of one read context (default: all) -> (x [T, N_FEATURES + 1]: the
+        standardised features and the soft match; ids [T]; q [d_embed]: the question's mean
+        embedding). The embeddings themselves enter in `forward`, projected per distinct id."""
         x = (r.features[a:b].float() - self.mean) / self.std
-        e, q = self.E[torch.as_tensor(r.ids[a:b])], self.E[torch.as_tensor(r.q_ids if len(r.q_ids) else [0])]
-        sim = (e @ q.T).max(-1, keepdim=True).values
-        return torch.cat([x, e, q.mean(0).expand(len(e), -1), sim], -1)
+        ids = torch.as_tensor(r.ids[a:b], dtype=torch.long)
+        q = self.E[torch.as_tensor(r.q_ids if len(r.q_ids) else [0])]
+        sim = (self.E[ids] @ q.T).max(-1, keepdim=True).values
+        return torch.cat([x, sim], -1), ids, q.mean(0)
 
-    def forward(self, x: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
-        """x [B, T, n_in] -> logits [B, T, 2] (answer, support). The GRU reads windows of CHUNK
-        tokens (a long context is cut into windows, run side by side: CHUNK sequential steps
-        however long the context; what spans windows, the features carry). With `lengths`
-        (each row's real tokens) padding is never read (packed sequences: exact, and slow to
-        train on CPU); without, rows are read padded (the fit: batches of similar lengths)."""
-        B, T, _ = x.shape
+    def project(self, x: torch.Tensor, ids: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """The input layer without its bias, [B, T, hidden]: inp(features, embedding, question,
+        soft match) as the sum of its column blocks. Each distinct id's embedding is projected
+        once (a batch of 128 windows holds ~32k tokens, a few thousand distinct), not once per
+        token; padding (id -1) gets zero, as the zero input it stands for."""
+        F, d = N_FEATURES, self.d_embed
+        W = self.inp.weight
+        z = x[..., :F] @ W[:, :F].T + x[..., F:] * W[:, -1]
+        valid = (ids >= 0).unsqueeze(-1)
+        uniq, inv = torch.unique(ids.clamp_min(0), return_inverse=True)
+        e = (self.E[uniq] @ W[:, F:F + d].T)[inv] + (q @ W[:, F + d:F + 2 * d].T).unsqueeze(1)
+        return z + e * valid
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, q: torch.Tensor,
+                lengths: list[int] | None = None) -> torch.Tensor:
+        """x [B, T, N_FEATURES + 1], ids [B, T] (-1: padding), q [B, d_embed] (`inputs`,
+        batched) -> logits [B, T, 2] (answer, support). The GRU reads windows of CHUNK tokens
+        (a long context is cut into windows, run side by side: CHUNK sequential steps however
+        long the context; what spans windows, the features carry). With `lengths` (each row's
+        real tokens) padding is never read (packed sequences: exact, and slow to train on CPU);
+        without, rows are read padded (the fit: batches of similar lengths)."""
+        B, T = ids.shape
         n = -(-T // CHUNK)
-        x = torch.nn.functional.pad(x, (0, 0, 0, n * CHUNK - T)).reshape(B * n, CHUNK, -1)
-        h = torch.nn.functional.gelu(self.inp(x))
+        z = torch.nn.functional.pad(self.project(x, ids, q), (0, 0, 0, n * CHUNK - T))
+        h = torch.nn.functional.gelu(z.reshape(B * n, CHUNK, -1) + self.inp.bias)
         if lengths is None:
             o, _ = self.gru(h)
         else:
@@ -286,7 +304,8 @@ class PickModel(torch.nn.Module):
     def logits(self, r: "Read") -> torch.Tensor:
         """[T, 2] for one read context."""
         with torch.no_grad():
-            return self(self.inputs(r)[None], [len(r.ids)])[0]
+            x, ids, q = self.inputs(r)
+            return self(x[None], ids[None], q[None], [len(r.ids)])[0]
 
     def score(self, r: "Read") -> list[float]:
         if not r.ids:
@@ -354,10 +373,11 @@ def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epoch
         total, n = 0.0, 0
         items = windows(labels, g)
         for idx in batches([min(CHUNK, len(labels[k]) - a) for k, a in items], batch, g):
-            x = pad([model.inputs(reads[k], a, a + CHUNK) for k, a in (items[i] for i in idx)], batch_first=True)
+            x, ids, q = zip(*(model.inputs(reads[k], a, a + CHUNK) for k, a in (items[i] for i in idx)))
+            x, ids, q = pad(x, batch_first=True), pad(ids, batch_first=True, padding_value=-1), torch.stack(q)
             t = pad([labels[k][a:a + CHUNK] for k, a in (items[i] for i in idx)], batch_first=True, padding_value=-1.0)
             mask = (t >= 0).float()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), t.clamp_min(0), pos_weight=pos_weight,
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x, ids, q), t.clamp_min(0), pos_weight=pos_weight,
                                                                         reduction="none")
             loss = (loss * mask).sum() / mask[..., 0].sum()
             opt.zero_grad(set_to_none=True)
@@ -384,7 +404,7 @@ def spans_for(scores: list[float], sentence: list[int], M: int, span: int,
     T = len(scores)
     if T <= M:
         return [(0, T)] if T else []
-    order = sorted(range(T), key=lambda i: -scores[i])
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").tolist()  # best first, ties in text order
     spans: list[tuple[int, int]] = []
 
     def cost(sp):
