@@ -11,6 +11,7 @@ from latentwire import kd
 from latentwire import llm as llm_module
 from latentwire.config import load_params
 from latentwire.llm import load_frozen
+from latentwire.receiver import Receiver
 
 REPO = Path(__file__).resolve().parents[1]
 K, K_MAX = 8, 4
@@ -62,9 +63,12 @@ def test_cache_matches_a_direct_teacher_forward(tmp_path, tiny, monkeypatch, dty
     params_path, train = setup(tmp_path, tiny, batch_tokens=cap)
     sizes, logp = [], kd.teacher_logp
     monkeypatch.setattr(kd, "teacher_logp", lambda t, prompts, *a: sizes.append(len(prompts)) or logp(t, prompts, *a))
+    cached, cache = [], Receiver.cache
+    monkeypatch.setattr(Receiver, "cache", lambda self, B: cached.append(B) or cache(self, B))
     out = kd.main(str(params_path), str(train), str(tmp_path / "kd"))
-    # kd.batch_tokens: the 5 prompts (~100 tokens) go in threes under 1,400 tokens, alone under 1
-    assert sizes == ([3, 2] if cap == 1400 else [1] * 5) * 2
+    # kd.batch_tokens: the 5 prompts (~100 tokens) go in threes under 1,400 tokens, alone under 1;
+    # every batch reads the template prefix from its cache
+    assert sizes == ([3, 2] if cap == 1400 else [1] * 5) * 2 and cached == sizes
     params = load_params(params_path)
     for slot in ("llama", "qwen"):
         llm = load_frozen(slot, params.models[slot], params.prompt)

@@ -13,6 +13,7 @@ import yaml
 from latentwire import kd
 from latentwire.config import ConfigError, load_params
 from latentwire.llm import load_frozen
+from latentwire.receiver import Receiver
 from test_kd import ROWS, setup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,10 +61,10 @@ def test_another_model_with_the_same_vocabulary_is_accepted(tmp_path, tiny):
 def test_two_teachers_average_probabilities_not_log_probs(tmp_path, tiny):
     params_path, _ = setup(tmp_path, tiny)
     params = load_params(params_path)
-    a = load_frozen("llama", params.models["llama"], params.prompt)
-    b = load_frozen("qwen", params.models["qwen"], params.prompt)  # same vocabulary
-    tok = a.tokenizer
-    prompts = [tok(a.template.render(r["context"], r["question"]), add_special_tokens=False)["input_ids"]
+    a = Receiver(load_frozen("llama", params.models["llama"], params.prompt))
+    b = Receiver(load_frozen("qwen", params.models["qwen"], params.prompt))  # same vocabulary
+    tok = a.llm.tokenizer
+    prompts = [tok(a.llm.template.render(r["context"], r["question"]), add_special_tokens=False)["input_ids"]
                for r in ROWS[:3]]
     answers = [kd.answer_tokens(tok, r["answers"][0], 3) for r in ROWS[:3]]
     la, lb = (kd.teacher_logp([t], prompts, answers, 3, tok.pad_token_id or 0) for t in (a, b))
