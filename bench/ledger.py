@@ -19,12 +19,15 @@ the same questions, per model, pooled over the datasets and per dataset, with a 
 interval resampled by title (as metrics/eval.json), the optimiser steps and train examples the
 run had, and its wall time. A lever's finished run is kept (bench/ledger/<lever>/result.json,
 and each finished stage) and reused until --force, which starts its workspace afresh (use it
-after a code change). The default's numbers are read from data/eval/predictions.jsonl, so run
-it on a clean `dvc status`.
+after a code change). A result keeps the sha256 of the default's answers it was measured
+against; once `dvc repro` changes them, the lever is rerun from an empty workspace, and until
+then it is left out of the table (its delta would mix in what changed in the default). The
+default's numbers are read from data/eval/predictions.jsonl, so run it on a clean `dvc status`.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -130,6 +133,16 @@ def copy_checkpoint(src: Path, dst: Path, parts: tuple[str, ...] = ()) -> None:
     save_file(state, str(dst / "model.safetensors"))
 
 
+def default_key(path: Path = Path("data/eval/predictions.jsonl")) -> str:
+    """Which default a lever is measured against: the sha256 of the default's answers."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def current(result: dict, path: Path = Path("data/eval/predictions.jsonl")) -> bool:
+    """A lever's result was measured against this default (not one from before a `dvc repro`)."""
+    return result.get("default") == default_key(path)
+
+
 def run_lever(name: str, lever: Lever, force: bool = False) -> dict:
     """Train (or edit) and evaluate one lever in bench/ledger/<name>/ (force: from an empty one); -> its result."""
     ws = WORK / name
@@ -164,7 +177,7 @@ def run_lever(name: str, lever: Lever, force: bool = False) -> dict:
     sh("evaluate", "--params", str(params), "--eval", "data/mix/eval.jsonl", "--checkpoint",
        str(ws / "models/stage3/best"), "--baselines", "data/eval/text_baselines.json", "--metrics",
        str(ws / "metrics/eval.json"), "--predictions", str(ws / "predictions.jsonl"), "--pick", "models/pick")
-    result = {"lever": name, "overrides": lever.overrides, "zero": list(lever.zero), "checkpoint": lever.checkpoint,
+    result = {"lever": name, "default": default_key(), "overrides": lever.overrides, "zero": list(lever.zero), "checkpoint": lever.checkpoint,
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                        text=True).stdout.strip(),
               "wall_s": round(time.time() - t0, 1)}
@@ -260,10 +273,14 @@ def main() -> None:
         want = not args.table and lever.skip is None and (args.only is None or name in args.only)
         if want and lever.needs and not importlib.util.find_spec(lever.needs):
             print(f"ledger: {name} skipped: {lever.needs} is not installed (requirements-models.txt)")
-        elif want and (args.force or not done.is_file()):
-            run_lever(name, lever, args.force)
+        elif want and (args.force or not done.is_file() or not current(json.loads(done.read_text()))):
+            run_lever(name, lever, force=args.force or done.is_file())  # a stale run starts afresh
         if done.is_file():
-            results[name] = json.loads(done.read_text())
+            r = json.loads(done.read_text())
+            if current(r):
+                results[name] = r
+            else:  # measured against another default: its delta would mix in what changed since
+                print(f"ledger: {name} left out: measured against another default (rerun it)")
     text = table(results)
     write_text(Path("bench/results/ledger.md"), "# The seed plan's ledger, measured\n\n`python bench/ledger.py` "
                "after `dvc repro`; Δ = the latent's F1 with the lever minus without it, on the default's eval "

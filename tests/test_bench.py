@@ -180,6 +180,17 @@ def test_ledger_zeroes_only_the_receiver_parts_it_names(tmp_path):
         ledger.copy_checkpoint(src, tmp_path / "none", ("pos",))
 
 
+def test_ledger_tables_only_levers_measured_against_this_default(tmp_path):
+    ledger = bench("ledger")
+    answers = tmp_path / "predictions.jsonl"
+    answers.write_text('{"model": "qwen", "dataset": "squad", "id": "a", "f1_latent_ids": 0.5}\n')
+    measured = {"lever": "adaptive_K", "default": ledger.default_key(answers)}
+    assert ledger.current(measured, answers)
+    assert not ledger.current({"lever": "adaptive_K"}, answers)  # a result from before the key was kept
+    answers.write_text('{"model": "qwen", "dataset": "squad", "id": "a", "f1_latent_ids": 0.0}\n')  # a new repro
+    assert not ledger.current(measured, answers)
+
+
 def test_ledger_contribution_reads_with_the_lever_minus_without():
     ledger = bench("ledger")
     default = [{"model": "qwen", "dataset": ds, "id": f"{ds}{i}", "title": f"t{i % 3}", "f1_latent_ids": 0.5}
