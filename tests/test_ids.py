@@ -334,6 +334,26 @@ def test_pick_pool_benchmark_runs_on_the_tiny_models(project, trained, tmp_path)
     assert "| 60 |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
 
 
+def test_pick_seeds_benchmark_reproduces_the_stage_and_restores_the_window(project, trained, tmp_path):
+    """bench/pick_seeds.py must not rot: at the stage's window and seed it is the stage's own fit and
+    spending choice; another seed fits another model; a run at another window leaves pick.CHUNK as it was."""
+    pm, _ = trained
+    seeds = bench("pick_seeds")
+    out = tmp_path / "seeds.md"
+    window = pick.CHUNK
+    r = seeds.main(["--params", str(project / "params.yaml"), "--pool", str(project / "data/mix/pool.jsonl"),
+                    "--features", str(project / "data/pick/features.safetensors"), "--windows", str(window), "16",
+                    "--seeds", "0", "1", "--out", str(out)])
+    assert pick.CHUNK == window
+    runs = {(x["window"], x["seed"]): x for x in r["runs"]}
+    assert set(runs) == {(window, 0), (window, 1), (16, 0), (16, 1)}
+    stage = runs[(window, 0)]  # params seed 0: the stage's run
+    assert stage["loss"] == pm["loss"] and stage["per_dataset"] == pm["dev_recall"]
+    assert runs[(window, 1)]["loss"] != stage["loss"] and runs[(16, 0)]["loss"] != stage["loss"]
+    assert runs[(16, 0)]["windows_per_step"] == runs[(window, 0)]["windows_per_step"] * window // 16
+    assert f"| {window} | 2 |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
+
+
 def test_pool_probe_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
     """bench/pool_probe.py must not rot: every variant within M positions, the pooled ones
     carrying about two tokens a position, twice the tokens at twice the positions."""

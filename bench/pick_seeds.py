@@ -1,0 +1,101 @@
+"""How much does the pick's held-out recall move with the seed of its fit, and with its GRU window?
+
+    python bench/pick_seeds.py [--params params.yaml] [--windows 256 128] [--seeds 0 1 2] [--out bench/results/pick_seeds.md]
+
+Each run is the `pick` stage's fit and spending choice exactly (data/mix/pool.jsonl and its cached
+features, the pool's held-out tenth of titles as dev, never the eval mix; `sender.choose_spending`'s
+grid of span width, run margin, support weight and coverage at pick.dev_M), with one seed of the
+fit (the window order, the initialisation) and one GRU window (pick.CHUNK, the tokens the GRU
+reads in one pass; set here per run and restored after). Windows per step scale as 256 / window, so
+that a step holds the tokens of the stage's own step. Reported per run: the chosen spending's mean
+recall over the datasets, per dataset, and the fit's wall. Run `dvc repro pick` first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from latentwire import pick
+from latentwire.config import load_params
+from latentwire.data import is_eval_title
+from latentwire.io import read_jsonl, write_text
+from latentwire.sender import Sender, choose_spending, features_key, load_embeddings, load_tokenizer, pool_features
+
+
+def one_fit(reads, labels, dev, tok, E, pp, window: int, seed: int) -> dict:
+    """The stage's fit and spending choice at this window and seed."""
+    chunk, pick.CHUNK = pick.CHUNK, window
+    try:
+        model = pick.PickModel(pp.hidden, E.shape[1])
+        model.set_embeddings(E)
+        batch = max(1, pp.batch_size * 256 // window)
+        t0 = time.time()
+        loss = pick.fit(model, reads, labels, pp.epochs, batch, pp.lr, seed=seed)
+        fit_s = time.time() - t0
+        model.eval()
+        best, _ = choose_spending(Sender(tok, model, pp.dev_M, pp.spans[0], pp.max_tokens), dev, pp.dev_M, pp.spans)
+    finally:
+        pick.CHUNK = chunk
+    return {"window": window, "seed": seed, "windows_per_step": batch, "loss": loss, "fit_s": round(fit_s),
+            "mean_pick_recall": best["mean_pick_recall"], "per_dataset": best["per_dataset"],
+            "spending": {k: best[k] for k in ("span", "grow", "support_weight", "cover")}}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--pool", default="data/mix/pool.jsonl")
+    ap.add_argument("--features", default="data/pick/features.safetensors")
+    ap.add_argument("--windows", type=int, nargs="+", default=[256, 128], help="GRU windows (tokens)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the fit")
+    ap.add_argument("--out", default="bench/results/pick_seeds.md")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    pp = params.pick
+    rows = read_jsonl(args.pool)
+    tok = load_tokenizer(params)
+    reads, labels = pool_features(rows, tok, Path(args.features), features_key(Path(args.pool), tok, pp.max_tokens),
+                                  pp.max_tokens)
+    held = [is_eval_title("pick-dev:" + r["title"], 0.1) for r in rows]  # the stage's dev rule
+    dev = [r for r, h in zip(rows, held) if h]
+    fit_reads = [r for r, h in zip(reads, held) if not h]
+    fit_labels = [y for y, h in zip(labels, held) if not h]
+    E = load_embeddings(params)
+    runs = []
+    for w in args.windows:
+        for s in args.seeds:
+            runs.append(one_fit(fit_reads, fit_labels, dev, tok, E, pp, w, s))
+            print(f"pick_seeds: {json.dumps(runs[-1])}", flush=True)
+    names = sorted(runs[0]["per_dataset"])
+    lines = [f"# The pick's held-out recall against the seed of its fit and its GRU window (M = {pp.dev_M}, "
+             f"{len(dev)} dev rows)", "",
+             f"`python bench/pick_seeds.py --windows {' '.join(map(str, args.windows))} --seeds "
+             f"{' '.join(map(str, args.seeds))}`: each row is the `pick` stage's fit ({pp.epochs} epochs, lr {pp.lr}, "
+             f"{len(fit_reads):,} contexts) and its spending choice on the pool's held-out tenth of titles (never the "
+             "eval mix), at one seed and one GRU window; a step holds the same tokens at every window.", "",
+             "| window | seed | windows a step | " + " | ".join(names) + " | mean | chosen spending | fit s |",
+             "|---|---|---|" + "---|" * len(names) + "---|---|---|"]
+    for r in runs:
+        sp = r["spending"]
+        lines.append(f"| {r['window']} | {r['seed']} | {r['windows_per_step']} | "
+                     + " | ".join(f"{r['per_dataset'][d]['pick_recall']:.3f}" for d in names)
+                     + f" | **{r['mean_pick_recall']:.3f}** | span {sp['span']}, grow {sp['grow']}, "
+                       f"support {sp['support_weight']}, cover {sp['cover']} | {r['fit_s']} |")
+    lines += ["", "| window | fits | mean recall | sd over seeds | range | mean fit s |", "|---|---|---|---|---|---|"]
+    for w in args.windows:
+        m = [r["mean_pick_recall"] for r in runs if r["window"] == w]
+        f = [r["fit_s"] for r in runs if r["window"] == w]
+        sd = statistics.stdev(m) if len(m) > 1 else float("nan")
+        lines.append(f"| {w} | {len(m)} | {statistics.mean(m):.3f} | {sd:.3f} | {min(m):.3f} – {max(m):.3f} | "
+                     f"{statistics.mean(f):.0f} |")
+    out = {"M": pp.dev_M, "dev_examples": len(dev), "epochs": pp.epochs, "runs": runs}
+    write_text(args.out, "\n".join(lines) + "\n")
+    write_text(Path(args.out).with_suffix(".json"), json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
