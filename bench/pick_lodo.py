@@ -20,8 +20,8 @@ from pathlib import Path
 
 from latentwire import pick
 from latentwire.config import load_params
-from latentwire.io import read_jsonl, write_text
-from latentwire.sender import Sender, features_key, load_embeddings, load_tokenizer, pool_features, recall
+from latentwire.io import write_text
+from latentwire.sender import Sender, load_embeddings, read_pool, recall
 
 
 def references(sender: Sender, rows: list[dict], M: int) -> dict[str, float]:
@@ -46,10 +46,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="bench/results/pick_lodo.md")
     args = ap.parse_args(argv)
     params, pp = load_params(args.params), load_params(args.params).pick
-    rows = read_jsonl(args.pool)
-    tok = load_tokenizer(params)
-    reads, labels = pool_features(rows, tok, Path(args.features), features_key(Path(args.pool), tok, pp.max_tokens),
-                                  pp.max_tokens)
+    rows, tok, reads, labels, _ = read_pool(params, args.pool, args.features)
     meta_path = Path(args.pick) / "meta.json"
     meta = (json.loads(meta_path.read_text()) if meta_path.is_file()
             else {"span": pp.spans[0], "support_weight": 0.0, "cover": 0})

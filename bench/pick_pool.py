@@ -20,9 +20,9 @@ from types import SimpleNamespace
 
 from latentwire import pick
 from latentwire.config import load_params
-from latentwire.data import is_eval_title, share_out
-from latentwire.io import read_jsonl, write_text
-from latentwire.sender import Sender, features_key, load_embeddings, load_tokenizer, pool_features, recall
+from latentwire.data import share_out
+from latentwire.io import write_text
+from latentwire.sender import Sender, load_embeddings, read_pool, recall
 
 
 def draw(rows: list[dict], n: int, seed: int) -> list[int]:
@@ -46,12 +46,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     params = load_params(args.params)
     pp = params.pick
-    rows = read_jsonl(args.pool)
-    tok = load_tokenizer(params)
-    reads, labels = pool_features(rows, tok, Path(args.features), features_key(Path(args.pool), tok, pp.max_tokens),
-                                  pp.max_tokens)
+    rows, tok, reads, labels, held = read_pool(params, args.pool, args.features)  # held: the stage's dev rows
     meta = json.loads((Path(args.pick) / "meta.json").read_text())
-    held = [is_eval_title("pick-dev:" + r["title"], 0.1) for r in rows]  # the stage's dev rule
     dev = [r for r, h in zip(rows, held) if h]
     if not dev:
         raise SystemExit(f"{args.pool}: no row of the pool's held-out tenth of titles to read")

@@ -20,9 +20,8 @@ from pathlib import Path
 
 from latentwire import pick
 from latentwire.config import load_params
-from latentwire.data import is_eval_title
-from latentwire.io import read_jsonl, write_text
-from latentwire.sender import Sender, choose_spending, features_key, load_embeddings, load_tokenizer, pool_features
+from latentwire.io import write_text
+from latentwire.sender import Sender, choose_spending, load_embeddings, read_pool
 
 
 def one_fit(reads, labels, dev, tok, E, pp, window: int, seed: int) -> dict:
@@ -55,11 +54,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     params = load_params(args.params)
     pp = params.pick
-    rows = read_jsonl(args.pool)
-    tok = load_tokenizer(params)
-    reads, labels = pool_features(rows, tok, Path(args.features), features_key(Path(args.pool), tok, pp.max_tokens),
-                                  pp.max_tokens)
-    held = [is_eval_title("pick-dev:" + r["title"], 0.1) for r in rows]  # the stage's dev rule
+    rows, tok, reads, labels, held = read_pool(params, args.pool, args.features)  # held: the stage's dev rows
     dev = [r for r, h in zip(rows, held) if h]
     fit_reads = [r for r, h in zip(reads, held) if not h]
     fit_labels = [y for y, h in zip(labels, held) if not h]

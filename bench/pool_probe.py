@@ -26,12 +26,11 @@ import torch
 
 from latentwire.adapter import string_table
 from latentwire.config import load_params
-from latentwire.data import is_eval_title
 from latentwire.io import read_jsonl, write_text
 from latentwire.llm import load_frozen
 from latentwire.metrics import f1_score
 from latentwire.receiver import Receiver
-from latentwire.sender import Sender
+from latentwire.sender import Sender, is_pick_dev
 
 VARIANTS = ("tokens_M", "tokens_2M", "pair_mean", "pair_renorm")
 
@@ -90,7 +89,7 @@ def main(argv=None) -> dict:
     sender = Sender.load(params, args.pick, args.M)
     by: dict[str, list[dict]] = {}
     for r in read_jsonl(args.pool):
-        if is_eval_title("pick-dev:" + r["title"], 0.1) and len(by.setdefault(r["dataset"], [])) < args.n:
+        if is_pick_dev(r) and len(by.setdefault(r["dataset"], [])) < args.n:
             by[r["dataset"]].append(r)
     rows = [r for ds in sorted(by) for r in by[ds]]
     llm = load_frozen(args.slot, params.models[args.slot], params.prompt, params.cache_dir)

@@ -243,20 +243,31 @@ def choose_spending(sender: Sender, dev: list[dict], M: int, spans: list[int]) -
     return best, grid
 
 
+def is_pick_dev(row: dict) -> bool:
+    """The pick's dev rule: a tenth of the pool's titles, held out of its fit. The stage chooses how
+    the pick spends M on them and reports its recall there (never the eval mix: the pool is train-split)."""
+    return is_eval_title("pick-dev:" + row["title"], 0.1)
+
+
+def read_pool(params: Params, pool_path: str | Path, features_path: str | Path):
+    """The pick's pool as the `pick` stage reads it (the bench scripts too): (rows, tokenizer, reads,
+    labels, held), the features from their cache (`pool_features`), `held` marking the dev rows."""
+    rows = read_jsonl(pool_path)
+    if not rows:
+        raise ValueError(f"{pool_path}: no examples to train the pick on")
+    tokenizer = load_tokenizer(params)
+    mt = params.pick.max_tokens
+    reads, labels = pool_features(rows, tokenizer, Path(features_path), features_key(Path(pool_path), tokenizer, mt), mt)
+    return rows, tokenizer, reads, labels, [is_pick_dev(r) for r in rows]
+
+
 def main(params_path: str = "params.yaml", pool_path: str = "data/mix/pool.jsonl",
          features_path: str = "data/pick/features.safetensors", out: str = "models/pick",
          metrics_path: str = "metrics/pick.json") -> dict:
     t0 = time.time()
     params = load_params(params_path)
     pp = params.pick
-    rows = read_jsonl(pool_path)
-    if not rows:
-        raise ValueError(f"{pool_path}: no examples to train the pick on")
-    tokenizer = load_tokenizer(params)
-    key = features_key(Path(pool_path), tokenizer, pp.max_tokens)
-    reads, labels = pool_features(rows, tokenizer, Path(features_path), key, pp.max_tokens)
-    # a tenth of the pool's titles held out to report the pick's recall
-    held = [is_eval_title("pick-dev:" + r["title"], 0.1) for r in rows]
+    rows, tokenizer, reads, labels, held = read_pool(params, pool_path, features_path)
     E = load_embeddings(params)
     model = pick.PickModel(pp.hidden, E.shape[1])
     model.set_embeddings(E)
