@@ -45,7 +45,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=300, help="rows of the left-out dataset to read (default 300)")
     ap.add_argument("--out", default="bench/results/pick_lodo.md")
     args = ap.parse_args(argv)
-    params, pp = load_params(args.params), load_params(args.params).pick
+    params = load_params(args.params)
+    pp = params.pick
     rows, tok, reads, labels, _ = read_pool(params, args.pool, args.features)
     meta_path = Path(args.pick) / "meta.json"
     meta = (json.loads(meta_path.read_text()) if meta_path.is_file()

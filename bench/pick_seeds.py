@@ -6,8 +6,8 @@ Each run is the `pick` stage's fit and spending choice exactly (data/mix/pool.js
 features, the pool's held-out tenth of titles as dev, never the eval mix; `sender.choose_spending`'s
 grid of span width, run margin, support weight and coverage at pick.dev_M), with one seed of the
 fit (the window order, the initialisation) and one GRU window (pick.CHUNK, the tokens the GRU
-reads in one pass; set here per run and restored after). Windows per step scale as 256 / window, so
-that a step holds the tokens of the stage's own step. Reported per run: the chosen spending's mean
+reads in one pass; set here per run and restored after). Windows per step scale as the stage's window
+over this one, so that a step holds the tokens of the stage's own step. Reported per run: the chosen spending's mean
 recall over the datasets, per dataset, and the fit's wall. Run `dvc repro pick` first.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def one_fit(reads, labels, dev, tok, E, pp, window: int, seed: int) -> dict:
     try:
         model = pick.PickModel(pp.hidden, E.shape[1])
         model.set_embeddings(E)
-        batch = max(1, pp.batch_size * 256 // window)
+        batch = max(1, pp.batch_size * chunk // window)  # the tokens of the stage's own step
         t0 = time.time()
         loss = pick.fit(model, reads, labels, pp.epochs, batch, pp.lr, seed=seed)
         fit_s = time.time() - t0
