@@ -62,6 +62,31 @@ def positions(sender: Sender, row: dict, M: int, variant: str) -> list[list[int]
     return [[i] for i in sender.spend(r, scores, M).ids]
 
 
+def held_out(pool_path, n: int) -> list[dict]:
+    """The first n rows a dataset of the pool's held-out tenth (never fitted on, never the eval mix)."""
+    by: dict[str, list[dict]] = {}
+    for r in read_jsonl(pool_path):
+        if is_pick_dev(r) and len(by.setdefault(r["dataset"], [])) < n:
+            by[r["dataset"]].append(r)
+    return [r for ds in sorted(by) for r in by[ds]]
+
+
+def read(rec: Receiver, rows: list[dict], pos: list[list[list[int]]], softs: list[torch.Tensor],
+         max_new_tokens: int, batch: int) -> dict:
+    """Greedy answers from the soft tokens, scored: F1 per question, per dataset and pooled, and the
+    positions and tokens a position of the layout `pos`."""
+    preds = []
+    for i in range(0, len(rows), batch):
+        preds += rec.answer(softs[i:i + batch], [r["question"] for r in rows[i:i + batch]], max_new_tokens)
+    per = [max(f1_score(p, a) for a in r["answers"]) for r, p in zip(rows, preds)]
+    f1: dict[str, list[float]] = {}
+    for r, x in zip(rows, per):
+        f1.setdefault(r["dataset"], []).append(x)
+    return {"f1": {ds: sum(x) / len(x) for ds, x in f1.items()}, "f1_pooled": sum(per) / max(len(rows), 1),
+            "per_question": per, "positions": sum(len(p) for p in pos) / max(len(pos), 1),
+            "tokens_per_position": sum(len(g) for p in pos for g in p) / max(sum(len(p) for p in pos), 1)}
+
+
 def soft(table: torch.Tensor, pos: list[list[int]], variant: str) -> torch.Tensor:
     vecs = []
     for ids in pos:
@@ -87,33 +112,18 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     params = load_params(args.params)
     sender = Sender.load(params, args.pick, args.M)
-    by: dict[str, list[dict]] = {}
-    for r in read_jsonl(args.pool):
-        if is_pick_dev(r) and len(by.setdefault(r["dataset"], [])) < args.n:
-            by[r["dataset"]].append(r)
-    rows = [r for ds in sorted(by) for r in by[ds]]
+    rows = held_out(args.pool, args.n)
     llm = load_frozen(args.slot, params.models[args.slot], params.prompt, params.cache_dir)
     rec, (table, _) = Receiver(llm), string_table(sender.tokenizer, llm)
     out = {"slot": args.slot, "M": args.M, "n": len(rows), "variants": {}}
     for v in VARIANTS:
         t0 = time.time()
         pos = [positions(sender, r, args.M, v) for r in rows]
-        softs = [soft(table, p, v) for p in pos]
-        preds = []
-        for i in range(0, len(rows), args.batch):
-            preds += rec.answer(softs[i:i + args.batch], [r["question"] for r in rows[i:i + args.batch]],
-                                params.evaluate.max_new_tokens)
-        f1: dict[str, list[float]] = {}
-        for r, p in zip(rows, preds):
-            f1.setdefault(r["dataset"], []).append(max(f1_score(p, a) for a in r["answers"]))
-        res = {"f1": {ds: sum(x) / len(x) for ds, x in f1.items()},
-               "f1_pooled": sum(sum(x) for x in f1.values()) / max(len(rows), 1),
-               "positions": sum(len(p) for p in pos) / max(len(pos), 1),
-               "tokens_per_position": sum(len(g) for p in pos for g in p) / max(sum(len(p) for p in pos), 1),
+        res = {**read(rec, rows, pos, [soft(table, p, v) for p in pos], params.evaluate.max_new_tokens, args.batch),
                "wall_s": round(time.time() - t0)}
         out["variants"][v] = res
-        print(f"pool_probe: {v}: {res}", flush=True)
-    dss = sorted(by)
+        print(f"pool_probe: {v}: pooled F1 {res['f1_pooled']:.3f} {res['f1']}", flush=True)
+    dss = sorted({r["dataset"] for r in rows})
     lines = [f"# Multi-token slots: the ceiling and the untrained start ({args.slot}, M = {args.M})", "",
              f"`python bench/pool_probe.py --slot {args.slot} --n {args.n} --M {args.M}`: {len(rows)} questions of the "
              "pick pool's held-out tenth (train-split titles, never the eval mix), untrained adapters, greedy "

@@ -372,6 +372,31 @@ def test_pool_probe_benchmark_runs_on_the_tiny_models(project, trained, tmp_path
     assert "| pair_mean |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
 
 
+def test_pair_slots_benchmark_trains_the_pooler_from_the_mean(project, trained, tmp_path):
+    """bench/pair_slots.py must not rot: its pooler starts as the plain mean of a pair (a single
+    token passes unchanged), training lowers the state error it is trained on, and every pooled
+    variant carries about two tokens a position within M."""
+    import torch
+
+    ps = bench("pair_slots")
+    table = torch.randn(10, 8)
+    start = ps.PairPooler(8, rank=4)(table, [[1, 2], [3], [4, 5]])
+    assert torch.allclose(start, torch.stack([(table[1] + table[2]) / 2, table[3], (table[4] + table[5]) / 2]))
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows(60, "squad", 100) + rows(60, "nq", 300)))
+    out = tmp_path / "pairs.md"
+    r = ps.main(["--params", str(project / "params.yaml"), "--pool", str(pool), "--pick", str(project / "models/pick"),
+                 "--slot", "llama", "--n", "3", "--M", "6", "--train", "16", "--steps", "6", "--batch", "4",
+                 "--layers", "1", "--lr", "0.01", "--out", str(out)])
+    v = r["variants"]
+    assert r["n"] == 6 and set(v) == set(ps.VARIANTS)
+    assert r["loss_first_batch"][1] < r["loss_first_batch"][0]
+    assert v["tokens_M"]["positions"] <= 6 < v["tokens_2M"]["positions"] <= 12
+    for pooled in ("pair_mean", "pair_learned"):
+        assert v[pooled]["positions"] <= 6 and 1.5 <= v[pooled]["tokens_per_position"] <= 2.0
+    assert "| pair_learned |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
+
+
 def test_the_receiver_reads_its_payload(project, trained):
     """Receiver.read + Receiver.answer are the one receive path (evaluate, transfer, bench): with
     the adapter's learned correction at zero, the soft tokens are exactly the receiver's own

@@ -1,0 +1,242 @@
+"""Learned two-token slots: can a small pooler, trained on CPU, let a frozen receiver read two
+picked tokens from one position? (issue 22, "learned slots that carry more than one token")
+
+    python bench/pair_slots.py [--slot qwen] [--n 30] [--M 32] [--train 1000] [--steps 400] [--layers 6]
+
+bench/pool_probe.py measured the two ends (with the pick of d2db332): the pick at 2M tokens worth
++0.056 F1 over the pick at M (one position a token), and two tokens averaged into one position,
+untrained, falling to about 0.1. This trains the pooler in between and reads the same held-out
+questions (the two ends remeasured with today's pick).
+
+The pooler (`PairPooler`) maps a pair of adjacent picked tokens (e_a, e_b: the receiver's own
+embeddings of their strings, `adapter.string_table`) to one input vector:
+
+    v = (g e_a + (1 - g) e_b) (1 + s) + W2 gelu(W1 [e_a; e_b]),   g = sigmoid(w . [e_a; e_b] + b)
+
+It starts as the plain mean (w = 0, b = 0, s = 0, W2 = 0); a position holding one token (a
+separator, or the odd token at a span's end) passes through unchanged. Each position's ids are
+on the wire as they are (16 bits each, 2 B a token, about 3.6 B a position); the receiver finds
+the pairs again from the ids alone (spans are cut at the separator id, then paired in order;
+a span that holds the separator's id itself would need one more bit of layout).
+
+The target needs no backward pass through the whole receiver (issue 22's "cheap targets"): the
+receiver, frozen and cut to its first --layers layers, reads the picked tokens one a position
+(the teacher) and the pooled positions (the student); the loss is the student's squared error to
+the teacher's states at layer --layers, relative to the teacher's norm, at (a) each pooled
+position against the teacher's state at the pair's last token and (b) each token of the question
+and template suffix that follows. Train rows: the pick pool's train part (never its held-out
+tenth, never the eval mix); test rows: --n a dataset of the held-out tenth, as pool_probe reads
+them, answered greedily by the whole receiver:
+  - tokens_M:     the pick at M positions, one token each (the latent at step 0; ~ selected_text)
+  - tokens_2M:    the pick at 2M positions, one token each (the ceiling of any 2-token slot)
+  - pair_mean:    the pooled layout, pooler at its start (the mean)
+  - pair_learned: the same layout, the trained pooler
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from latentwire.adapter import string_table
+from latentwire.config import load_params
+from latentwire.io import read_jsonl, write_text
+from latentwire.llm import load_frozen
+from latentwire.receiver import Receiver
+from latentwire.sender import Sender, is_pick_dev
+from latentwire.stats import paired_ci
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the pooled layout is bench/pool_probe.py's
+from pool_probe import held_out, positions, read  # noqa: E402
+
+VARIANTS = ("tokens_M", "tokens_2M", "pair_mean", "pair_learned")
+CONTRASTS = (("pair_learned", "pair_mean"), ("pair_learned", "tokens_M"), ("tokens_2M", "tokens_M"))
+
+
+def contrasts(test: list[dict], variants: dict) -> dict:
+    """F1 of a minus b on the same questions, per dataset and pooled, 95 % CI resampling whole titles."""
+    out = {}
+    for a, b in CONTRASTS:
+        d: dict[str, list[float]] = {}
+        c: dict[str, list[str]] = {}
+        for r, x, y in zip(test, variants[a]["per_question"], variants[b]["per_question"]):
+            d.setdefault(r["dataset"], []).append(x - y)
+            c.setdefault(r["dataset"], []).append(r["title"])
+        out[f"{a} - {b}"] = {"pooled": paired_ci(d, clusters=c),
+                             **{ds: paired_ci({ds: d[ds]}, clusters={ds: c[ds]}) for ds in sorted(d)}}
+    return out
+
+
+class PairPooler(torch.nn.Module):
+    """Two receiver embeddings -> one (gated mean, scaled, plus a low-rank correction)."""
+
+    def __init__(self, H: int, rank: int = 64):
+        super().__init__()
+        self.gate = torch.nn.Linear(2 * H, 1)
+        self.scale = torch.nn.Parameter(torch.zeros(()))
+        self.down = torch.nn.Linear(2 * H, rank)
+        self.up = torch.nn.Linear(rank, H, bias=False)
+        torch.nn.init.zeros_(self.gate.weight)
+        torch.nn.init.zeros_(self.gate.bias)
+        torch.nn.init.zeros_(self.up.weight)
+
+    def forward(self, table: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
+        """[P, H]: one vector per position (a group of one or two sender ids)."""
+        one = torch.tensor([len(g) == 1 for g in groups])
+        a = table[torch.tensor([g[0] for g in groups])]
+        b = table[torch.tensor([g[-1] for g in groups])]
+        x = torch.cat([a, b], -1)
+        g = torch.sigmoid(self.gate(x))
+        pooled = (g * a + (1 - g) * b) * (1 + self.scale) + self.up(torch.nn.functional.gelu(self.down(x)))
+        return torch.where(one[:, None], a, pooled)
+
+
+def truncate(llm, layers: int):
+    """Keep the receiver's first `layers` decoder layers (returns what restores it)."""
+    inner, cfg = llm.model.model, llm.model.config
+    full, n = inner.layers, cfg.num_hidden_layers
+    inner.layers, cfg.num_hidden_layers = full[:layers], layers
+
+    def restore():
+        inner.layers, cfg.num_hidden_layers = full, n
+    return restore
+
+
+def states(rec: Receiver, rests: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+    """The last layer's states over each rest (left-padded, as Receiver pads), [B, T, H], and each
+    row's left padding."""
+    x, mask = rec.pad(rests)
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)[:, len(rec.prefix_ids):]
+    out = rec.llm.model.model(inputs_embeds=x, attention_mask=mask, position_ids=pos,
+                              cache=rec.cache(len(rests)), use_cache=True)
+    return out.last_hidden_state, [x.shape[1] - len(r) for r in rests]
+
+
+def loss_for(rec: Receiver, pooler: PairPooler, table: torch.Tensor, batch: list[tuple[list[list[int]], str]]):
+    """Relative squared error of the pooled reading's states to the token-a-position reading's."""
+    ctx = rec.embed(rec.context_ids)
+    t_rests, s_rests, tails = [], [], []
+    for groups, q in batch:
+        flat = [i for g in groups for i in g]
+        t_rests.append(rec.rest(table[torch.tensor(flat)], q))
+        s_rests.append(rec.rest(pooler(table, groups), q))
+        tails.append(len(t_rests[-1]) - len(ctx) - len(flat))
+    with torch.no_grad():
+        t_h, t_pad = states(rec, t_rests)
+    s_h, s_pad = states(rec, s_rests)
+    C, total, n = len(ctx), 0.0, 0
+    for k, (groups, _) in enumerate(batch):
+        ends = torch.tensor([len(g) for g in groups]).cumsum(0) - 1   # each group's last token
+        P, N = len(groups), int(ends[-1]) + 1
+        t_idx = torch.cat([t_pad[k] + C + ends, t_pad[k] + C + N + torch.arange(tails[k])])
+        s_idx = torch.cat([s_pad[k] + C + torch.arange(P), s_pad[k] + C + P + torch.arange(tails[k])])
+        t, s = t_h[k, t_idx], s_h[k, s_idx]
+        total = total + (((s - t) ** 2).sum(-1) / (t ** 2).sum(-1).clamp_min(1e-6)).sum()
+        n += len(t_idx)
+    return total / n
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--pool", default="data/mix/pool.jsonl")
+    ap.add_argument("--pick", default="models/pick")
+    ap.add_argument("--slot", default="qwen", help="the receiver (a models.* slot)")
+    ap.add_argument("--n", type=int, default=30, help="test questions per dataset (default 30)")
+    ap.add_argument("--M", type=int, default=32, help="receiver positions (default 32)")
+    ap.add_argument("--train", type=int, default=1000, help="train rows (default 1000)")
+    ap.add_argument("--steps", type=int, default=400, help="pooler optimiser steps (default 400)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--layers", type=int, default=6, help="receiver layers the target is read at (default 6)")
+    ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--out", default="bench/results/pair_slots.md")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    params = load_params(args.params)
+    sender = Sender.load(params, args.pick, args.M)
+    pool = read_jsonl(args.pool)
+    test = held_out(args.pool, args.n)
+    train = [r for r in pool if not is_pick_dev(r)]
+    random.Random(0).shuffle(train)
+    train = train[:args.train]
+    llm = load_frozen(args.slot, params.models[args.slot], params.prompt, params.cache_dir)
+    table, _ = string_table(sender.tokenizer, llm)
+    pooler = PairPooler(table.shape[1], args.rank)
+
+    # --- train the pooler on the cut receiver
+    t0 = time.time()
+    data = [(positions(sender, r, args.M, "pair_mean"), r["question"]) for r in train]
+    restore = truncate(llm, args.layers)
+    rec = Receiver(llm)  # its prefix cache from the cut model
+    opt = torch.optim.AdamW(pooler.parameters(), lr=args.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    curve = []
+    with torch.no_grad():
+        start = loss_for(rec, pooler, table, data[:args.batch]).item()
+    bar = tqdm(range(args.steps), desc="pair pooler", unit="step", disable=None)
+    for step in bar:
+        idx = torch.randint(len(data), (args.batch,), generator=g).tolist()
+        loss = loss_for(rec, pooler, table, [data[i] for i in idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        curve.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    with torch.no_grad():
+        end = loss_for(rec, pooler, table, data[:args.batch]).item()
+    restore()
+    train_s = round(time.time() - t0)
+    print(f"pair_slots: loss on the first train batch {start:.4f} -> {end:.4f}, {train_s}s", flush=True)
+
+    # --- read the held-out questions with the whole receiver
+    rec = Receiver(llm)
+    out = {"slot": args.slot, "M": args.M, "n": len(test), "train_rows": len(train), "steps": args.steps,
+           "layers": args.layers, "train_s": train_s, "loss_first_batch": [start, end],
+           "loss_curve_every_10": curve[::10], "variants": {}}
+    mean = PairPooler(table.shape[1], args.rank)
+    for v in VARIANTS:
+        t0 = time.time()
+        kind = {"tokens_M": "tokens_M", "tokens_2M": "tokens_2M"}.get(v, "pair_mean")
+        pos = [positions(sender, r, args.M, kind) for r in test]
+        with torch.no_grad():
+            if v.startswith("tokens"):
+                softs = [table[torch.tensor([i for g_ in p for i in g_])] for p in pos]
+            else:
+                softs = [(pooler if v == "pair_learned" else mean)(table, p) for p in pos]
+        res = {**read(rec, test, pos, softs, params.evaluate.max_new_tokens, args.batch),
+               "wall_s": round(time.time() - t0)}
+        out["variants"][v] = res
+        print(f"pair_slots: {v}: pooled F1 {res['f1_pooled']:.3f} {res['f1']}", flush=True)
+    out["contrasts"] = contrasts(test, out["variants"])
+    dss = sorted({r["dataset"] for r in test})
+    lines = [f"# Learned two-token slots ({args.slot}, M = {args.M})", "",
+             f"`python bench/pair_slots.py --slot {args.slot} --n {args.n} --M {args.M} --train {args.train} "
+             f"--steps {args.steps} --layers {args.layers}`: the pooler trained {args.steps} steps of {args.batch} on "
+             f"{len(train)} pool train rows ({train_s} s; the target: the receiver's layer-{args.layers} states), then "
+             f"{len(test)} questions of the pool's held-out tenth read by the whole receiver, greedy answers. "
+             f"Relative state error on the first train batch: {start:.4f} at the start, {end:.4f} trained. "
+             "See the script's docstring.", "",
+             "| variant | positions | tokens / position | " + " | ".join(f"F1 {d}" for d in dss) + " | F1 pooled |",
+             "|---|---|---|" + "---|" * len(dss) + "---|"]
+    for v, res in out["variants"].items():
+        lines.append(f"| {v} | {res['positions']:.1f} | {res['tokens_per_position']:.2f} | "
+                     + " | ".join(f"{res['f1'].get(d, 0.0):.3f}" for d in dss) + f" | {res['f1_pooled']:.3f} |")
+    ci = lambda x: f"{x['diff']:+.3f} [{x['lo']:+.3f}, {x['hi']:+.3f}]"  # noqa: E731
+    lines += ["", "Paired F1 differences on the same questions, 95 % CI resampling whole titles:", "",
+              "| contrast | " + " | ".join(dss) + " | pooled |", "|---|" + "---|" * (len(dss) + 1)]
+    for name, res in out["contrasts"].items():
+        lines.append(f"| {name} | " + " | ".join(ci(res[d]) for d in dss) + f" | {ci(res['pooled'])} |")
+    write_text(args.out, "\n".join(lines) + "\n")
+    write_text(Path(args.out).with_suffix(".json"), json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
