@@ -3,10 +3,9 @@ picked tokens from one position? (issue 22, "learned slots that carry more than 
 
     python bench/pair_slots.py [--slot qwen] [--n 30] [--M 32] [--train 1000] [--steps 400] [--layers 6]
 
-bench/pool_probe.py measured the two ends (with the pick of d2db332): the pick at 2M tokens worth
-+0.056 F1 over the pick at M (one position a token), and two tokens averaged into one position,
-untrained, falling to about 0.1. This trains the pooler in between and reads the same held-out
-questions (the two ends remeasured with today's pick).
+bench/pool_probe.py measures the two ends, untrained: the pick at 2M tokens against the pick at M
+(one position a token), and two tokens averaged into one position (about 0.1 F1 against 0.44).
+This trains the pooler in between and reads the same held-out questions.
 
 The pooler (`PairPooler`) maps a pair of adjacent picked tokens (e_a, e_b: the receiver's own
 embeddings of their strings, `adapter.string_table`) to one input vector:
@@ -109,8 +108,8 @@ def truncate(llm, layers: int):
 
 
 def states(rec: Receiver, rests: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
-    """The last layer's states over each rest (left-padded, as Receiver pads), [B, T, H], and each
-    row's left padding."""
+    """The last kept layer's states over each rest, through the receiver's final norm (left-padded,
+    as Receiver pads), [B, T, H], and each row's left padding."""
     x, mask = rec.pad(rests)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)[:, len(rec.prefix_ids):]
     out = rec.llm.model.model(inputs_embeds=x, attention_mask=mask, position_ids=pos,
