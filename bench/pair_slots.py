@@ -51,8 +51,9 @@ from latentwire.receiver import Receiver
 from latentwire.sender import Sender, is_pick_dev
 from latentwire.stats import paired_ci
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the pooled layout is bench/pool_probe.py's
-from pool_probe import held_out, positions, read  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the pooled layout and scoring: bench/pool_probe.py's
+from ledger import ci  # noqa: E402
+from pool_probe import f1_table, held_out, positions, read, soft  # noqa: E402
 
 VARIANTS = ("tokens_M", "tokens_2M", "pair_mean", "pair_learned")
 CONTRASTS = (("pair_learned", "pair_mean"), ("pair_learned", "tokens_M"), ("tokens_2M", "tokens_M"))
@@ -161,7 +162,7 @@ def main(argv=None) -> dict:
     params = load_params(args.params)
     sender = Sender.load(params, args.pick, args.M)
     pool = read_jsonl(args.pool)
-    test = held_out(args.pool, args.n)
+    test = held_out(pool, args.n)
     train = [r for r in pool if not is_pick_dev(r)]
     random.Random(0).shuffle(train)
     train = train[:args.train]
@@ -199,16 +200,11 @@ def main(argv=None) -> dict:
     out = {"slot": args.slot, "M": args.M, "n": len(test), "train_rows": len(train), "steps": args.steps,
            "layers": args.layers, "train_s": train_s, "loss_first_batch": [start, end],
            "loss_curve_every_10": curve[::10], "variants": {}}
-    mean = PairPooler(table.shape[1], args.rank)
     for v in VARIANTS:
         t0 = time.time()
-        kind = {"tokens_M": "tokens_M", "tokens_2M": "tokens_2M"}.get(v, "pair_mean")
-        pos = [positions(sender, r, args.M, kind) for r in test]
+        pos = [positions(sender, r, args.M, "pair_mean" if v == "pair_learned" else v) for r in test]
         with torch.no_grad():
-            if v.startswith("tokens"):
-                softs = [table[torch.tensor([i for g_ in p for i in g_])] for p in pos]
-            else:
-                softs = [(pooler if v == "pair_learned" else mean)(table, p) for p in pos]
+            softs = [pooler(table, p) if v == "pair_learned" else soft(table, p, v) for p in pos]
         res = {**read(rec, test, pos, softs, params.evaluate.max_new_tokens, args.batch),
                "wall_s": round(time.time() - t0)}
         out["variants"][v] = res
@@ -221,13 +217,7 @@ def main(argv=None) -> dict:
              f"{len(train)} pool train rows ({train_s} s; the target: the receiver's layer-{args.layers} states), then "
              f"{len(test)} questions of the pool's held-out tenth read by the whole receiver, greedy answers. "
              f"Relative state error on the first train batch: {start:.4f} at the start, {end:.4f} trained. "
-             "See the script's docstring.", "",
-             "| variant | positions | tokens / position | " + " | ".join(f"F1 {d}" for d in dss) + " | F1 pooled |",
-             "|---|---|---|" + "---|" * len(dss) + "---|"]
-    for v, res in out["variants"].items():
-        lines.append(f"| {v} | {res['positions']:.1f} | {res['tokens_per_position']:.2f} | "
-                     + " | ".join(f"{res['f1'].get(d, 0.0):.3f}" for d in dss) + f" | {res['f1_pooled']:.3f} |")
-    ci = lambda x: f"{x['diff']:+.3f} [{x['lo']:+.3f}, {x['hi']:+.3f}]"  # noqa: E731
+             "See the script's docstring.", "", *f1_table(out["variants"], dss)]
     lines += ["", "Paired F1 differences on the same questions, 95 % CI resampling whole titles:", "",
               "| contrast | " + " | ".join(dss) + " | pooled |", "|---|" + "---|" * (len(dss) + 1)]
     for name, res in out["contrasts"].items():

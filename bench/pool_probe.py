@@ -62,10 +62,10 @@ def positions(sender: Sender, row: dict, M: int, variant: str) -> list[list[int]
     return [[i] for i in sender.spend(r, scores, M).ids]
 
 
-def held_out(pool_path, n: int) -> list[dict]:
+def held_out(pool: list[dict], n: int) -> list[dict]:
     """The first n rows a dataset of the pool's held-out tenth (never fitted on, never the eval mix)."""
     by: dict[str, list[dict]] = {}
-    for r in read_jsonl(pool_path):
+    for r in pool:
         if is_pick_dev(r) and len(by.setdefault(r["dataset"], [])) < n:
             by[r["dataset"]].append(r)
     return [r for ds in sorted(by) for r in by[ds]]
@@ -85,6 +85,16 @@ def read(rec: Receiver, rows: list[dict], pos: list[list[list[int]]], softs: lis
     return {"f1": {ds: sum(x) / len(x) for ds, x in f1.items()}, "f1_pooled": sum(per) / max(len(rows), 1),
             "per_question": per, "positions": sum(len(p) for p in pos) / max(len(pos), 1),
             "tokens_per_position": sum(len(g) for p in pos for g in p) / max(sum(len(p) for p in pos), 1)}
+
+
+def f1_table(variants: dict, datasets: list[str]) -> list[str]:
+    """The markdown table of each variant's positions, tokens a position and F1 (per dataset, pooled)."""
+    lines = ["| variant | positions | tokens / position | " + " | ".join(f"F1 {d}" for d in datasets) + " | F1 pooled |",
+             "|---|---|---|" + "---|" * len(datasets) + "---|"]
+    for v, res in variants.items():
+        lines.append(f"| {v} | {res['positions']:.1f} | {res['tokens_per_position']:.2f} | "
+                     + " | ".join(f"{res['f1'].get(d, 0.0):.3f}" for d in datasets) + f" | {res['f1_pooled']:.3f} |")
+    return lines
 
 
 def soft(table: torch.Tensor, pos: list[list[int]], variant: str) -> torch.Tensor:
@@ -112,7 +122,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     params = load_params(args.params)
     sender = Sender.load(params, args.pick, args.M)
-    rows = held_out(args.pool, args.n)
+    rows = held_out(read_jsonl(args.pool), args.n)
     llm = load_frozen(args.slot, params.models[args.slot], params.prompt, params.cache_dir)
     rec, (table, _) = Receiver(llm), string_table(sender.tokenizer, llm)
     out = {"slot": args.slot, "M": args.M, "n": len(rows), "variants": {}}
@@ -127,12 +137,7 @@ def main(argv=None) -> dict:
     lines = [f"# Multi-token slots: the ceiling and the untrained start ({args.slot}, M = {args.M})", "",
              f"`python bench/pool_probe.py --slot {args.slot} --n {args.n} --M {args.M}`: {len(rows)} questions of the "
              "pick pool's held-out tenth (train-split titles, never the eval mix), untrained adapters, greedy "
-             "answers. See the script's docstring for the variants.", "",
-             "| variant | positions | tokens / position | " + " | ".join(f"F1 {d}" for d in dss) + " | F1 pooled |",
-             "|---|---|---|" + "---|" * len(dss) + "---|"]
-    for v, res in out["variants"].items():
-        lines.append(f"| {v} | {res['positions']:.1f} | {res['tokens_per_position']:.2f} | "
-                     + " | ".join(f"{res['f1'].get(d, 0.0):.3f}" for d in dss) + f" | {res['f1_pooled']:.3f} |")
+             "answers. See the script's docstring for the variants.", "", *f1_table(out["variants"], dss)]
     write_text(args.out, "\n".join(lines) + "\n")
     write_text(Path(args.out).with_suffix(".json"), json.dumps(out, indent=2) + "\n")
     return out
