@@ -21,7 +21,7 @@ from pathlib import Path
 from latentwire import pick
 from latentwire.config import load_params
 from latentwire.io import write_text
-from latentwire.sender import Sender, load_embeddings, read_pool, recall
+from latentwire.sender import Sender, fit_pick, load_embeddings, read_pool, recall
 
 
 def references(sender: Sender, rows: list[dict], M: int) -> dict[str, float]:
@@ -60,11 +60,7 @@ def main(argv=None) -> dict:
         keep = [k for k, r in enumerate(rows) if r["dataset"] != held]
         # a fold without supporting facts (HotpotQA left out) trains no support head: do not spend on it
         weight = meta["support_weight"] if any(rows[k].get("support") for k in keep) else 0.0
-        model = pick.PickModel(pp.hidden, E.shape[1], weight)
-        model.set_embeddings(E)
-        pick.fit(model, [reads[k] for k in keep], [labels[k] for k in keep], pp.epochs, pp.batch_size, pp.lr,
-                 seed=params.seed)
-        model.eval()
+        model, _ = fit_pick(pp, E, [reads[k] for k in keep], [labels[k] for k in keep], params.seed, weight)
         sender = Sender(tok, model, pp.dev_M, meta["span"], pp.max_tokens, meta["cover"], meta["grow"])
         test = [r for r in rows if r["dataset"] == held][:args.n]
         res = {**recall(sender, test, pp.dev_M)[held], **references(sender, test, pp.dev_M),

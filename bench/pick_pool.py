@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from latentwire import pick
 from latentwire.config import load_params
 from latentwire.data import share_out
 from latentwire.io import write_text
-from latentwire.sender import Sender, load_embeddings, read_pool, recall
+from latentwire.sender import Sender, fit_pick, load_embeddings, read_pool, recall
 
 
 def draw(rows: list[dict], n: int, seed: int) -> list[int]:
@@ -56,11 +55,8 @@ def main(argv=None) -> dict:
     for n in args.sizes:
         t0 = time.time()
         fit_on = [k for k in draw(rows, n, params.seed) if not held[k]]
-        model = pick.PickModel(pp.hidden, E.shape[1], meta["support_weight"])
-        model.set_embeddings(E)
-        pick.fit(model, [reads[k] for k in fit_on], [labels[k] for k in fit_on], pp.epochs, pp.batch_size, pp.lr,
-                 seed=params.seed)
-        model.eval()
+        model, _ = fit_pick(pp, E, [reads[k] for k in fit_on], [labels[k] for k in fit_on], params.seed,
+                            meta["support_weight"])
         fit_s = time.time() - t0
         sender = Sender(tok, model, pp.dev_M, meta["span"], pp.max_tokens, meta["cover"], meta.get("grow"))
         res = recall(sender, dev, pp.dev_M)

@@ -179,11 +179,15 @@ class PickConfig:
     max_tokens: int = 2048           # longer contexts are read up to this many sender tokens
     dev_M: int = 32                  # positions at which the held-out tenth of the pool chooses how
                                      # the pick spends them (span, run margin, support weight, coverage)
+    members: int = 2                 # fits from seeds seed, seed + 1, ...; a token's rating is their mean
+    ema: float = 0.99                # each fit keeps this moving average of its weights per step (0: the last)
 
     def __post_init__(self):
         if not self.spans or min(self.spans) < 1 or self.hidden < 1 or self.epochs < 1 or self.max_tokens < 1 \
-                or self.dev_M < 1:
-            raise ConfigError("pick: spans (non-empty), hidden, epochs, max_tokens and dev_M must be >= 1")
+                or self.dev_M < 1 or self.members < 1:
+            raise ConfigError("pick: spans (non-empty), hidden, epochs, max_tokens, dev_M and members must be >= 1")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"pick.ema: a decay in [0, 1), not {self.ema}")
 
 
 @dataclass

@@ -12,7 +12,9 @@ look-up, never a forward pass) and about forty cheap features, computed once per
                     one in the same sentence (answers sit next to the question's words, not on
                     them);
   - the lead:       relative position, inside the first 32 tokens (NQ passages open with the answer).
-It is trained (`fit`) on the gold answer's tokens of thousands of train-split examples.
+It is trained (`fit`) on the gold answer's tokens of thousands of train-split examples, and the
+pick rates with an `Ensemble`: a few fits from different seeds, their logits averaged, each fit's
+weights a moving average over its steps.
 (bench/results/pick_ablation.md: the features alone in an MLP give a held-out recall at M=32 of
 0.72 SQuAD / 0.69 NQ; adding the embeddings and the GRU, 0.78 / 0.84.)
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +49,7 @@ QTYPES = ("when", "who", "where", "quantity", "whatwhich", "other")
 CHUNK = 256          # the pick GRU's window (tokens)
 MAX_RUN = 12         # spans_for: the longest run of high-rated tokens one span takes whole
 SEPARATOR = " ..."
+_INIT = threading.Lock()  # fit: seeding and drawing a start is one step, whatever thread fits
 
 
 def stem(w: str) -> str:
@@ -344,20 +348,23 @@ def windows(labels: list[torch.Tensor], g: torch.Generator, keep: int = 2) -> li
 
 
 def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epochs: int = 6,
-        batch: int = 64, lr: float = 3e-3, seed: int = 0, log=print) -> float:
+        batch: int = 64, lr: float = 3e-3, seed: int = 0, ema: float = 0.0, log=print) -> float:
     """AdamW on the token BCE of both heads (labels[k]: [T, 2], answer and support; a support
     label of -1 is unknown and masked), the rare positives weighted by sqrt(negatives /
     positives), over CHUNK-token windows (`windows`: a long context gives a few per epoch).
     Inputs are built batch by batch, so memory grows with the pool's tokens only through the
-    cached features (`sender.pool_features`: about 120 bytes a token). Returns the last
-    epoch's mean loss."""
+    cached features (`sender.pool_features`: about 120 bytes a token). With `ema` > 0 the model
+    ends with the exponential moving average of its weights over the steps (decay `ema` a step),
+    not the last step's. Returns the last epoch's mean loss."""
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    for m in model.modules():  # the same seed gives the same start, whatever ran before
-        if m is not model and hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+    with _INIT:  # the global RNG, held while it is seeded and drawn: the same start in any thread
+        torch.manual_seed(seed)
+        for m in model.modules():  # the same seed gives the same start, whatever ran before
+            if m is not model and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
     n_tok = sum(len(r.ids) for r in reads)
     mean = sum(r.features.double().sum(0) for r in reads) / n_tok
     var = sum(((r.features.double() - mean) ** 2).sum(0) for r in reads) / max(n_tok - 1, 1)
@@ -367,9 +374,11 @@ def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epoch
     known = sum((y >= 0).sum(0) for y in labels).float()
     pos_weight = ((known - pos) / pos.clamp_min(1)).sqrt()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
+    params = list(model.parameters())
+    averaged, ema_update, steps = [p.detach().clone() for p in params], get_ema_multi_avg_fn(ema), 0
     pad = torch.nn.utils.rnn.pad_sequence
     total = 0.0
-    for epoch in tqdm(range(epochs), desc="pick fit", unit="epoch", disable=None):
+    for epoch in tqdm(range(epochs), desc=f"pick fit (seed {seed})", unit="epoch", disable=None):
         total, n = 0.0, 0
         items = windows(labels, g)
         for idx in batches([min(CHUNK, len(labels[k]) - a) for k, a in items], batch, g):
@@ -383,12 +392,63 @@ def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epoch
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema:
+                steps += 1
+                with torch.no_grad():
+                    ema_update(averaged, [p.detach() for p in params], steps)
             total, n = total + loss.item() * len(idx), n + len(idx)
         total /= max(n, 1)
-        log(f"pick: epoch {epoch + 1}/{epochs}, {len(items)} windows, BCE {total:.4f}")
-    log(f"pick: fitted on {n_tok} tokens of {len(reads)} contexts ({int(pos[0])} answer tokens, "
-        f"{int(pos[1])} of {int(known[1])} in supporting facts), BCE {total:.4f}")
+        log(f"pick (seed {seed}): epoch {epoch + 1}/{epochs}, {len(items)} windows, BCE {total:.4f}")
+    if ema:
+        with torch.no_grad():
+            for p, a in zip(params, averaged):
+                p.copy_(a)
+    log(f"pick (seed {seed}): fitted on {n_tok} tokens of {len(reads)} contexts ({int(pos[0])} answer tokens, "
+        f"{int(pos[1])} of {int(known[1])} in supporting facts), BCE {total:.4f}"
+        + (f", weights averaged over {steps} steps (decay {ema})" if ema else ""))
     return total
+
+
+class Ensemble(torch.nn.Module):
+    """The pick's rater: PickModels fitted from different seeds (`fit_ensemble`); a token's
+    logits are the mean of theirs. One member is one fit. Averaging two fits raises the held-out
+    recall about as much as the fit's seed moves it (docs/RESULTS.md)."""
+
+    def __init__(self, members: list[PickModel], support_weight: float = 0.0):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.support_weight = support_weight
+
+    def set_embeddings(self, E: torch.Tensor) -> None:
+        """Every member reads the same row-normalised table (one copy)."""
+        self.members[0].set_embeddings(E)
+        for m in self.members[1:]:
+            m.E = self.members[0].E
+
+    def logits(self, r: "Read") -> torch.Tensor:
+        return torch.stack([m.logits(r) for m in self.members]).mean(0)
+
+    score = PickModel.score
+
+
+def fit_ensemble(model: Ensemble, reads: list["Read"], labels: list[torch.Tensor], epochs: int = 6,
+                 batch: int = 64, lr: float = 3e-3, seed: int = 0, ema: float = 0.0, log=print) -> float:
+    """`fit` each member, member k from seed + k, side by side: one Python thread a member, the
+    cores shared out among them. The GRU's small steps gain little from a second core (2 cores: one
+    fit on both takes 0.8x the wall of one fit on one), so on 2 cores two members take about 1.3x
+    the wall of one. Each member's fit is the same in any thread (`fit` seeds its start under a
+    lock; its windows come from its own generator). Returns the members' mean last-epoch loss."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n, threads = len(model.members), torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // n))
+    try:
+        with ThreadPoolExecutor(max_workers=min(n, threads)) as pool:
+            losses = list(pool.map(lambda k: fit(model.members[k], reads, labels, epochs, batch, lr, seed + k, ema, log),
+                                   range(n)))
+    finally:
+        torch.set_num_threads(threads)
+    return sum(losses) / n
 
 
 def spans_for(scores: list[float], sentence: list[int], M: int, span: int,

@@ -9,7 +9,8 @@ payload: it travels beside it as text, in every variant alike.
 
 The stage computes the pick's features once for the train-split pool (data/pick/features.
 safetensors, reused while the pool, tokenizer, pick.max_tokens and pick.py are unchanged), fits
-the pick model on all but a title-held-out tenth of the pool, chooses how the pick spends its
+the pick model (pick.members fits from successive seeds, side by side, their ratings averaged) on
+all but a title-held-out tenth of the pool, chooses how the pick spends its
 positions (span width, run margin, the support head's weight, paragraph coverage) on that tenth at pick.dev_M, and
 reports the tenth's pick_recall and support_recall in metrics/pick.json. Nothing here reads the
 eval mix.
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from . import payload, pick
-from .config import Params, load_params
+from .config import Params, PickConfig, load_params
 from .data import is_eval_title
 from .io import atomic_dir, atomic_path, read_jsonl, write_json
 from .llm import model_folder
@@ -50,7 +51,7 @@ class Picked:
 class Sender:
     """question + context -> payload bytes. Load once (`Sender.load`), then `send` per prompt."""
 
-    def __init__(self, tokenizer, model: pick.PickModel, M: int, span: int, max_tokens: int = 2048,
+    def __init__(self, tokenizer, model: pick.Ensemble, M: int, span: int, max_tokens: int = 2048,
                  cover: int = 0, grow: float | None = None):
         self.tokenizer, self.model, self.M, self.span, self.max_tokens = tokenizer, model, M, span, max_tokens
         self.cover, self.grow = cover, grow
@@ -69,7 +70,10 @@ class Sender:
         if meta.get("features") != list(pick.FEATURES):
             raise ValueError(f"{folder}: the pick was fitted on other features than pick.py reads: "
                              "run `dvc repro pick`")
-        model = pick.PickModel(meta["hidden"], meta["d_embed"], meta["support_weight"])
+        if "members" not in meta:
+            raise ValueError(f"{folder}: a pick saved before its members were averaged: run `dvc repro pick`")
+        model = pick.Ensemble([pick.PickModel(meta["hidden"], meta["d_embed"]) for _ in range(meta["members"])],
+                              meta["support_weight"])
         model.load_state_dict(state)
         model.set_embeddings(load_embeddings(params))
         model.eval()
@@ -261,6 +265,16 @@ def read_pool(params: Params, pool_path: str | Path, features_path: str | Path):
     return rows, tokenizer, reads, labels, [is_pick_dev(r) for r in rows]
 
 
+def fit_pick(pp: PickConfig, E: torch.Tensor, reads: list[pick.Read], labels: list[torch.Tensor], seed: int,
+             support_weight: float = 0.0) -> tuple[pick.Ensemble, float]:
+    """The stage's rater fitted on these reads (its params: pick.members fits, pick.ema, ...), in
+    eval mode, and its last-epoch loss. The bench scripts that refit the pick use it too."""
+    model = pick.Ensemble([pick.PickModel(pp.hidden, E.shape[1]) for _ in range(pp.members)], support_weight)
+    model.set_embeddings(E)
+    loss = pick.fit_ensemble(model, reads, labels, pp.epochs, pp.batch_size, pp.lr, seed=seed, ema=pp.ema)
+    return model.eval(), loss
+
+
 def main(params_path: str = "params.yaml", pool_path: str = "data/mix/pool.jsonl",
          features_path: str = "data/pick/features.safetensors", out: str = "models/pick",
          metrics_path: str = "metrics/pick.json") -> dict:
@@ -269,17 +283,15 @@ def main(params_path: str = "params.yaml", pool_path: str = "data/mix/pool.jsonl
     pp = params.pick
     rows, tokenizer, reads, labels, held = read_pool(params, pool_path, features_path)
     E = load_embeddings(params)
-    model = pick.PickModel(pp.hidden, E.shape[1])
-    model.set_embeddings(E)
-    loss = pick.fit(model, [r for r, h in zip(reads, held) if not h], [y for y, h in zip(labels, held) if not h],
-                    pp.epochs, pp.batch_size, pp.lr, seed=params.seed)
-    model.eval()
+    model, loss = fit_pick(pp, E, [r for r, h in zip(reads, held) if not h], [y for y, h in zip(labels, held) if not h],
+                           params.seed)
     sender = Sender(tokenizer, model, pp.dev_M, pp.spans[0], pp.max_tokens)
     dev = [r for r, h in zip(rows, held) if h]
     best, grid = choose_spending(sender, dev, pp.dev_M, pp.spans)
     model.support_weight, sender.cover, sender.span, sender.grow = (best["support_weight"], best["cover"],
                                                                     best["span"], best["grow"])
     metrics = {"pool": len(rows), "train_examples": len(rows) - len(dev), "dev_examples": len(dev),
+               "members": pp.members, "ema": pp.ema,
                "answer_tokens": int(sum((y[:, 0] == 1).sum() for y in labels)),
                "support_tokens": int(sum((y[:, 1] == 1).sum() for y in labels)), "loss": loss,
                "M": pp.dev_M, "span": best["span"], "grow": best["grow"], "support_weight": best["support_weight"],
@@ -287,7 +299,7 @@ def main(params_path: str = "params.yaml", pool_path: str = "data/mix/pool.jsonl
                "dev_recall": best["per_dataset"], "dev_grid": grid}
     with atomic_dir(Path(out)) as tmp_folder:  # both files swap in together
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_folder / "pick.safetensors"))
-        write_json(tmp_folder / "meta.json", {"hidden": pp.hidden, "d_embed": E.shape[1],
+        write_json(tmp_folder / "meta.json", {"hidden": pp.hidden, "d_embed": E.shape[1], "members": pp.members,
                                           "features": list(pick.FEATURES), "codebook": sender.codebook,
                                           "span": best["span"], "support_weight": best["support_weight"],
                                           "cover": best["cover"], "grow": best["grow"]})
