@@ -1,6 +1,8 @@
 """The pick as a prompt compressor (`Sender.compress`, `python -m latentwire compress`) on the
 tiny models: within the budget of any tokenizer, made of the context's own text, led by the
 question, the selected_text baseline's context at budget M, and clean errors."""
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -148,11 +150,17 @@ def test_clean_errors(project, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty.txt").write_text("  \n")
     (tmp_path / "latin1.txt").write_bytes("Köln liegt am Rhein.".encode("latin-1"))
     (tmp_path / "ok.txt").write_text(CONTEXT)
+    old = tmp_path / "old_pick"  # a pick saved before pick.members: one model, no "members" in its meta
+    shutil.copytree(project / "models/pick", old)
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["members"]
+    (old / "meta.json").write_text(json.dumps(meta))
     for file, extra, says in [
             ("missing.txt", [], "missing.txt: cannot read it (No such file or directory)"),
             ("empty.txt", [], "empty.txt: the context is empty"),
             ("latin1.txt", [], "latin1.txt: not UTF-8"),
             ("ok.txt", ["--pick", str(tmp_path / "nowhere")], "nowhere: no trained pick"),
+            ("ok.txt", ["--pick", str(old)], "old_pick: a pick saved before its members were averaged"),
             ("ok.txt", ["--tokenizer", str(tmp_path / "no_tokenizer")], "no_tokenizer: cannot load it")]:
         assert cli.main(["compress", "-q", "q?", "--context-file", str(tmp_path / file), *extra]) == 1
         err = capsys.readouterr().err

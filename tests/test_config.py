@@ -127,6 +127,8 @@ def test_value_ranges(tmp_path):
     assert "shared_fraction" in error(edited(tmp_path, {"bytes.shared_fraction": 1.5}))
     assert "eval_fraction" in error(edited(tmp_path, {"data.eval_fraction": 1}))
     assert "params.stage3" in error(edited(tmp_path, {"stage3.M": 0}))
+    assert "members" in error(edited(tmp_path, {"pick.members": 0}))
+    assert "pick.ema: a decay in [0, 1), not 1.0" in error(edited(tmp_path, {"pick.ema": 1.0}))
 
 
 def test_M_must_fit_the_payload_header(tmp_path):

@@ -351,7 +351,9 @@ def test_pick_seeds_benchmark_reproduces_the_stage_and_restores_the_window(proje
     assert stage["loss"] == pm["loss"] and stage["per_dataset"] == pm["dev_recall"]
     assert runs[(window, 1)]["loss"] != stage["loss"] and runs[(16, 0)]["loss"] != stage["loss"]
     assert runs[(16, 0)]["windows_per_step"] == runs[(window, 0)]["windows_per_step"] * window // 16
-    assert f"| {window} | 2 |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
+    assert (stage["members"], stage["ema"]) == (pm["members"], pm["ema"])  # the stage's averaged fits, by default
+    assert f"| {window} | {pm['members']} | {pm['ema']} | 2 |" in out.read_text()
+    assert json.loads(out.with_suffix(".json").read_text()) == r
 
 
 def test_pool_probe_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):

@@ -80,6 +80,60 @@ def test_the_gru_windows_match_one_pass_on_short_contexts():
     assert torch.equal(m.project(px, pids, q[:1])[0, 30:], torch.zeros(10, 8))
 
 
+def tiny_pool(n: int = 12):
+    """n read contexts with their [answer, support] labels (no supporting facts: support unknown)."""
+    reads, labels = [], []
+    for k in range(n):
+        ctx = f"Alpha {k} is here. The answer is Beta{k}. Gamma."
+        r = pick.read(Chars(), f"What is the answer {k}?", ctx)
+        reads.append(r)
+        labels.append(torch.stack([pick.answer_labels(r, ctx, [f"Beta{k}"]), pick.support_labels(r, [])], -1))
+    return reads, labels
+
+
+def quiet(_):
+    pass
+
+
+def test_an_ensemble_rates_by_its_members_mean_and_each_member_is_its_seeds_fit():
+    reads, labels = tiny_pool()
+    E = torch.randn(97, 4, generator=torch.Generator().manual_seed(0))
+    ens = pick.Ensemble([pick.PickModel(8, 4) for _ in range(2)], support_weight=0.5)
+    ens.set_embeddings(E)
+    assert ens.members[1].E is ens.members[0].E  # one table, not one a member
+    threads = torch.get_num_threads()
+    pick.fit_ensemble(ens, reads, labels, epochs=2, batch=4, lr=1e-2, seed=3, ema=0.9, log=quiet)
+    assert torch.get_num_threads() == threads  # the cores are handed back
+    r = reads[0]
+    a, b = ens.members[0].logits(r), ens.members[1].logits(r)
+    assert not torch.allclose(a, b)  # two seeds, two fits
+    assert torch.allclose(ens.logits(r), (a + b) / 2)
+    assert torch.allclose(torch.tensor(ens.score(r)), (a[:, 0] + b[:, 0]) / 2 + 0.5 * (a[:, 1] + b[:, 1]) / 2)
+    # member 1 is seed 4's fit, as it comes out alone on the member's share of the cores (its thread
+    # changes nothing: the start is seeded under a lock, the windows come from its own generator)
+    solo = pick.PickModel(8, 4)
+    solo.set_embeddings(E)
+    torch.set_num_threads(max(1, threads // 2))
+    try:
+        pick.fit(solo, reads, labels, 2, 4, 1e-2, seed=4, ema=0.9, log=quiet)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(solo.logits(r), b)
+
+
+def test_the_fit_ends_with_the_moving_average_of_its_weights():
+    reads, labels = tiny_pool()
+    E = torch.randn(97, 4, generator=torch.Generator().manual_seed(0))
+    weights = {}
+    for ema in (0.0, 1e-12, 0.5):
+        m = pick.PickModel(8, 4)
+        m.set_embeddings(E)
+        pick.fit(m, reads, labels, 2, 4, 1e-2, seed=0, ema=ema, log=quiet)
+        weights[ema] = torch.cat([p.detach().flatten() for p in m.parameters()])
+    assert torch.allclose(weights[1e-12], weights[0.0], atol=1e-6)  # a decay of ~0: the last step's weights
+    assert (weights[0.5] - weights[0.0]).abs().max() > 1e-3  # a real average lags the last step
+
+
 def test_length_batches_cover_every_context_once():
     g = torch.Generator().manual_seed(0)
     lengths = [5, 500, 7, 480, 6, 490, 8, 470] * 10
