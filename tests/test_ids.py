@@ -173,10 +173,10 @@ def test_the_fitted_pick_finds_the_answer_on_rows_it_never_saw(project, trained)
 
 @pytest.mark.parametrize("broken", ["constant", "reversed"])
 def test_a_constant_or_reversed_pick_fails_that_check(project, trained, monkeypatch, broken):
-    real = pick.PickModel.score
+    real = pick.Ensemble.score  # the sender's rater
     fake = {"constant": lambda self, r: [0.0] * len(r.ids),
             "reversed": lambda self, r: [-x for x in real(self, r)]}[broken]
-    monkeypatch.setattr(pick.PickModel, "score", fake)
+    monkeypatch.setattr(pick.Ensemble, "score", fake)
     s = sender.Sender.load(load_params(project / "params.yaml"), project / "models/pick", 8)
     with pytest.raises(AssertionError):
         check_pick(s, HELD_OUT)

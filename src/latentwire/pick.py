@@ -354,9 +354,10 @@ def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epoch
     positives), over CHUNK-token windows (`windows`: a long context gives a few per epoch).
     Inputs are built batch by batch, so memory grows with the pool's tokens only through the
     cached features (`sender.pool_features`: about 120 bytes a token). With `ema` > 0 the model
-    ends with the exponential moving average of its weights over the steps (decay `ema` a step),
-    not the last step's. Returns the last epoch's mean loss."""
-    from torch.optim.swa_utils import get_ema_multi_avg_fn
+    ends with the exponential moving average of its weights over the steps, not the last step's:
+    at step t the decay is min(ema, (1 + t) / (10 + t)), so that a short fit (a small pool: a few
+    steps) averages its last steps rather than staying near its start. Returns the last epoch's
+    mean loss."""
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
@@ -375,7 +376,7 @@ def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epoch
     pos_weight = ((known - pos) / pos.clamp_min(1)).sqrt()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
     params = list(model.parameters())
-    averaged, ema_update, steps = [p.detach().clone() for p in params], get_ema_multi_avg_fn(ema), 0
+    averaged, steps = [p.detach().clone() for p in params], 0
     pad = torch.nn.utils.rnn.pad_sequence
     total = 0.0
     for epoch in tqdm(range(epochs), desc=f"pick fit (seed {seed})", unit="epoch", disable=None):
@@ -395,7 +396,8 @@ def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epoch
             if ema:
                 steps += 1
                 with torch.no_grad():
-                    ema_update(averaged, [p.detach() for p in params], steps)
+                    for a, p in zip(averaged, params):
+                        a.lerp_(p, 1 - min(ema, (1 + steps) / (10 + steps)))
             total, n = total + loss.item() * len(idx), n + len(idx)
         total /= max(n, 1)
         log(f"pick (seed {seed}): epoch {epoch + 1}/{epochs}, {len(items)} windows, BCE {total:.4f}")
@@ -405,7 +407,7 @@ def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epoch
                 p.copy_(a)
     log(f"pick (seed {seed}): fitted on {n_tok} tokens of {len(reads)} contexts ({int(pos[0])} answer tokens, "
         f"{int(pos[1])} of {int(known[1])} in supporting facts), BCE {total:.4f}"
-        + (f", weights averaged over {steps} steps (decay {ema})" if ema else ""))
+        + (f", weights averaged over {steps} steps (decay up to {ema})" if ema else ""))
     return total
 
 
