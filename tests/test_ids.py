@@ -356,6 +356,27 @@ def test_pick_seeds_benchmark_reproduces_the_stage_and_restores_the_window(proje
     assert json.loads(out.with_suffix(".json").read_text()) == r
 
 
+def test_pick_reader_benchmark_spends_the_fitted_pick_at_each_width(project, trained, tmp_path):
+    """bench/pick_reader.py must not rot: it reads only the pick's held-out pool rows, its recall at
+    the stage's own width is the stage's recall on those rows, and each width is paired with it."""
+    reader = bench("pick_reader")
+    out = tmp_path / "reader.md"
+    params = load_params(project / "params.yaml")
+    s = sender.Sender.load(params, project / "models/pick", params.pick.dev_M)
+    pool = sender.read_jsonl(project / "data/mix/pool.jsonl")
+    dev = [r for r in pool if sender.is_pick_dev(r)]
+    assert 0 < len(dev) < len(pool)
+    r = reader.main(["--params", str(project / "params.yaml"), "--pool", str(project / "data/mix/pool.jsonl"),
+                     "--pick", str(project / "models/pick"), "--n", "100", "--models", "qwen", "--spans", "1",
+                     "--out", str(out)])
+    assert r["rows"] == len(dev) and r["chosen_span"] == params.pick.spans[0] == 6
+    res = r["models"]["qwen"]
+    assert set(res) == {1, 6}
+    assert res[6]["recall"] == sender.recall(s, dev, params.pick.dev_M)["squad"]["pick_recall"]
+    assert res[6]["vs_chosen"]["diff"] == 0 and res[6]["vs_chosen"]["n"] == len(dev)
+    assert "| 6 (chosen) |" in out.read_text()
+
+
 def test_pool_probe_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
     """bench/pool_probe.py must not rot: every variant within M positions, the pooled ones
     carrying about two tokens a position, twice the tokens at twice the positions."""

@@ -1,7 +1,7 @@
 """SQuAD v1.1 scoring, hand-worked: normalisation, token F1, EM, max over gold answers."""
 import pytest
 
-from latentwire.metrics import best_em, best_f1, exact_match, f1_score, normalize_answer
+from latentwire.metrics import answer_spans, best_em, best_f1, contains_answer, exact_match, f1_score, normalize_answer
 
 
 @pytest.mark.parametrize("raw, norm", [
@@ -59,3 +59,20 @@ def test_best_over_golds():
     assert best_f1("Miami Dolphins", golds) == 0.0
     assert best_f1("the", ["Paris", "London"]) == 0.0
     assert best_em("London", ["Paris", "london"]) == 1.0
+
+
+@pytest.mark.parametrize("text, answer, spans", [
+    ("No, it opened in November, not in May: no.", "no", [(0, 2), (39, 41)]),  # never inside "November" or "not"
+    ("founded in 1987; 7 members", "7", [(17, 18)]),                          # never inside "1987"
+    ("the band R.E.M. and REM", "r.e.m.", [(9, 15)]),                          # case ignored, the dots are literal
+    ("it cost US$20 million", "$20 million", [(10, 21)]),                       # no boundary asked before a "$"
+    ("Paris", "  ", []),                                                        # an empty answer is found nowhere
+])
+def test_answer_spans_are_whole_words(text, answer, spans):
+    assert answer_spans(text, answer) == spans
+
+
+def test_contains_answer_ignores_case_and_spacing_but_not_word_edges():
+    assert contains_answer("the  SEINE\nflows", ["the Seine flows"])
+    assert not contains_answer("He was born in November.", ["no", "yes"])  # a substring test says yes
+    assert contains_answer("He was born in November.", ["no", "november"])

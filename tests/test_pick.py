@@ -59,6 +59,15 @@ def test_support_labels_and_support_recall():
     assert pick.touched(r, [(0, 3)], []) is None
 
 
+def test_answer_labels_mark_whole_word_occurrences_only():
+    ctx = "No. It opened in November, not May; no one came."
+    r = pick.read(Chars(), "Did it open in May?", ctx)
+    y = pick.answer_labels(r, ctx, ["no"])
+    marked = [k - 1 for k in range(len(r.ids)) if y[k] == 1]  # token k + 1 is character k
+    assert marked == [0, 1, 36, 37]  # "No" and "no", never inside "November" or "not"
+    assert pick.contains_answer(["It opened in November"], ["no"]) is False
+
+
 def test_the_gru_windows_match_one_pass_on_short_contexts():
     torch.manual_seed(0)
     m = pick.PickModel(hidden=8, d_embed=4)

@@ -169,9 +169,9 @@ MOVED = {"wire": "bytes", "encoder.feature_model": "ids.feature_model", "encoder
 @dataclass
 class PickConfig:
     """encoder.kind ids: the sender's pick (pick.py), fitted by the `pick` stage."""
-    spans: list[int] = field(default_factory=lambda: [3, 4, 6])  # candidate least span widths (tokens
-                                     # around a best-rated token and its run); the stage keeps the best on
-                                     # its held-out tenth
+    spans: list[int] = field(default_factory=lambda: [24])  # candidate least span widths (tokens around
+                                     # a best-rated token and its run); the stage keeps the best recall on
+                                     # its held-out tenth (bench/pick_reader.py: a reader prefers wide ones)
     hidden: int = 64                 # the pick GRU's width
     epochs: int = 6                  # passes over the pool's windows
     lr: float = 6e-3                 # AdamW learning rate of the pick's fit

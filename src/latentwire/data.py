@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from .metrics import contains_answer
+
 
 class DataError(ValueError):
     """Bad input data; the message names the file, the row and the field."""
@@ -360,7 +362,7 @@ def _read(cfg, root: Path, name: str, train: bool) -> tuple[list[Example], Count
 def load(name: str, cfg, root: Path, max_context_chars: int, train: bool = False,
          avoid_titles: frozenset = frozenset()) -> tuple[list[Example], dict]:
     """One configured dataset -> (examples, stats): stats = skipped, context_cut,
-    answer_in_context (questions whose answer is still in the capped context), source.
+    answer_in_context (questions whose answer is still in the capped context, as whole words), source.
     train: its train-only source (train_path / hub_train_split), minus records sharing a
     gold title with `avoid_titles` (the eval part's). Titles of overlapping gold sets are
     grouped (`group_titles`). cfg.max_context_chars, where set, overrides max_context_chars."""
@@ -380,7 +382,7 @@ def load(name: str, cfg, root: Path, max_context_chars: int, train: bool = False
         out.append(short)
     if train or len(out) >= cfg.min_train_pool:  # to be split by title: whole groups to one side
         out = group_titles(out)
-    in_ctx = sum(any(a in ex.context for a in ex.answers) for ex in out)
+    in_ctx = sum(contains_answer(ex.context, ex.answers) for ex in out)
     return out, {"skipped": dict(skipped), "context_cut": cut, "answer_in_context": in_ctx,
                  "answer_in_context_share": in_ctx / max(len(out), 1), "source": source}
 

@@ -1,4 +1,5 @@
-"""SQuAD v1.1 answer scoring: the official normalisation, F1/EM as max over gold answers."""
+"""SQuAD v1.1 answer scoring: the official normalisation, F1/EM as max over gold answers; and where a
+gold answer occurs in a text, as whole words (the answer-bearing labels, pick recall, answer_in_context)."""
 from __future__ import annotations
 
 import re
@@ -34,3 +35,21 @@ def best_f1(prediction: str, golds: list[str]) -> float:
 
 def best_em(prediction: str, golds: list[str]) -> float:
     return max(exact_match(prediction, g) for g in golds)
+
+
+def answer_spans(text: str, answer: str) -> list[tuple[int, int]]:
+    """The (start, end) char offsets where `answer` occurs in `text`, case ignored, as whole words:
+    an answer that starts (ends) with a letter or digit does not start (end) inside a word, so
+    "no" is not found in "November" nor "7" in "1987", as a plain substring test would."""
+    a = answer.strip()
+    if not a:
+        return []
+    head = r"(?<!\w)" if re.match(r"\w", a[0]) else ""
+    tail = r"(?!\w)" if re.match(r"\w", a[-1]) else ""
+    return [m.span() for m in re.finditer(head + re.escape(a) + tail, text, re.IGNORECASE)]
+
+
+def contains_answer(text: str, answers: list[str]) -> bool:
+    """Some gold answer occurs in `text` as whole words (case and spacing ignored)."""
+    text = " ".join(text.split())
+    return any(answer_spans(text, " ".join(a.split())) for a in answers)

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import metrics
+
 WORD = re.compile(r"\w+")
 SENTENCE_END = re.compile(r"[.!?](?:[\"')\]]*)\s+|\n+")
 STOP = set("a an the of in on at to for by with from and or is are was were be been being what which "
@@ -202,16 +204,13 @@ def read(tokenizer, question: str, context: str, max_tokens: int = 2048) -> Read
 
 
 def answer_labels(r: Read, context: str, answers: list[str]) -> torch.Tensor:
-    """1 for every token that overlaps an occurrence of a gold answer in the context."""
+    """1 for every token that overlaps an occurrence of a gold answer in the context (as whole
+    words: `metrics.answer_spans`)."""
     s, e = np.array(r.offsets, dtype=np.int64).reshape(-1, 2).T
     y = np.zeros(len(r.ids), dtype=bool)
-    low = context.lower()
     for ans in answers:
-        a = ans.lower().strip()
-        start = low.find(a) if a else -1
-        while start >= 0:
-            y |= (s < start + len(a)) & (e > start)
-            start = low.find(a, start + 1)
+        for start, end in metrics.answer_spans(context, ans):
+            y |= (s < end) & (e > start)
     return torch.from_numpy(y.astype(np.float32))
 
 
@@ -550,9 +549,8 @@ def span_texts(r: Read, context: str, spans: list[tuple[int, int]]) -> list[str]
 
 
 def contains_answer(texts: list[str], answers: list[str]) -> bool:
-    """The gold answer lies wholly inside one picked span (case and spacing ignored)."""
-    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
-    return any(norm(a) and norm(a) in norm(t) for t in texts for a in answers)
+    """The gold answer lies wholly inside one picked span, as whole words (case and spacing ignored)."""
+    return any(metrics.contains_answer(t, answers) for t in texts)
 
 
 def random_spans(T: int, M: int, seed: int) -> list[tuple[int, int]]:

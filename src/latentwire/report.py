@@ -158,7 +158,7 @@ def pick_section(metrics: dict) -> list[str]:
     keys = ("answer_in_context", "pick_recall", "support_recall", "m_token_cut", "lexical", "random")
     rows = [[ds, f"{r['n']}", f"{r.get('M', metrics.get('M'))}"] + [fmt(r.get(k), "{:.2f}") for k in keys]
             for ds, r in sorted(picks.items())]
-    return ["", "### Pick recall at M positions: gold answer wholly inside the selection", ""] + \
+    return ["", "### Pick recall at M positions: gold answer wholly inside the selection, as whole words", ""] + \
         table(["dataset", "n", "M", "answer in context", "the pick", "supporting facts touched", "first M tokens",
                "lexical window", "random window"], rows, 1)
 

@@ -1,0 +1,126 @@
+"""Does the pick's recall tell which way of spending M a reader answers best from?
+
+    python bench/pick_reader.py [--params params.yaml] [--n 150] [--models qwen]
+                                [--spans 3 6 12 16 24 32] [--out bench/results/pick_reader.md]
+
+The `pick` stage chooses the span width (the least tokens a picked span holds) by the pick's recall
+on the pool's held-out tenth of titles: narrow spans touch more candidates, so they find the answer
+more often, but hand the reader more, shorter fragments. Here the fitted pick (models/pick: its
+rater, support weight, coverage and run margin) spends M = pick.dev_M positions at each span width
+on n held-out pool rows per dataset (seeded sample; the pool is train-split, never the eval mix),
+and each reader answers from the picked text cut to M of its tokens, as the selected_text
+baseline does. Reported per width and dataset: the recall and the reader's F1, and each width's
+F1 minus the stage's chosen width's, paired on the same rows, with a 95 % bootstrap CI (pooled,
+stratified by dataset). Run `dvc repro pick` first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+from latentwire import pick, stats
+from latentwire.baselines import cut_tokens, generate_text
+from latentwire.config import load_params
+from latentwire.io import read_jsonl, write_text
+from latentwire.llm import load_frozen
+from latentwire.metrics import best_f1
+from latentwire.packed import pack
+from latentwire.sender import Sender, is_pick_dev
+
+
+def dev_sample(pool: str, n: int, seed: int) -> list[dict]:
+    """n of the pick's held-out pool rows per dataset (all where fewer), in a seeded order."""
+    by: dict[str, list[dict]] = {}
+    for r in read_jsonl(pool):
+        if is_pick_dev(r):
+            by.setdefault(r["dataset"], []).append(r)
+    rng = random.Random(seed)
+    return [r for ds in sorted(by) for r in rng.sample(by[ds], min(n, len(by[ds])))]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--pool", default="data/mix/pool.jsonl")
+    ap.add_argument("--pick", default="models/pick")
+    ap.add_argument("--n", type=int, default=150, help="held-out pool rows per dataset")
+    ap.add_argument("--models", nargs="+", default=["qwen"], help="reader slots (models.*)")
+    ap.add_argument("--spans", type=int, nargs="+", default=[3, 6, 12, 16, 24, 32], help="span widths")
+    ap.add_argument("--out", default="bench/results/pick_reader.md")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    M = params.pick.dev_M
+    sender = Sender.load(params, args.pick, M)
+    chosen = sender.span
+    rows = dev_sample(args.pool, args.n, params.seed)
+    scored = []
+    for r in rows:
+        rd = pick.read(sender.tokenizer, r["question"], r["context"], sender.max_tokens)
+        scored.append((rd, sender.model.score(rd)))
+    widths = sorted(set(args.spans) | {chosen})
+    picked: dict[int, tuple[list[str], list[bool]]] = {}
+    for w in widths:
+        sender.span = w
+        ps = [sender.spend(rd, s, M) for rd, s in scored]
+        picked[w] = ([sender.decode(p.ids) for p in ps],
+                     [pick.contains_answer(p.texts(r["context"]), r["answers"]) for p, r in zip(ps, rows)])
+    sender.span = chosen
+    names = sorted({r["dataset"] for r in rows})
+    out: dict = {"M": M, "n_per_dataset": args.n, "rows": len(rows), "chosen_span": chosen, "grow": sender.grow,
+                 "support_weight": sender.model.support_weight, "cover": sender.cover, "models": {}}
+    for slot in args.models:
+        llm = load_frozen(slot, params.models[slot], params.prompt, params.cache_dir)
+        if params.evaluate.prepack:
+            pack(llm.model)  # as the baselines stage: the linear weights reordered once (CPU)
+        f1: dict[int, list[float]] = {}
+        for w in widths:
+            t0 = time.time()
+            prompts = [llm.template.render(cut_tokens(llm, t, M), r["question"]) for t, r in zip(picked[w][0], rows)]
+            preds = generate_text(llm, prompts, params.evaluate.max_new_tokens, params.evaluate.batch_size,
+                                  f"{slot} span {w}", params.evaluate.batch_tokens)
+            f1[w] = [best_f1(p, r["answers"]) for p, r in zip(preds, rows)]
+            print(f"pick_reader: {slot} span {w}: F1 {sum(f1[w]) / len(rows):.3f}, {time.time() - t0:.0f}s", flush=True)
+        res = {}
+        for w in widths:
+            per = {ds: {"recall": _mean([h for h, r in zip(picked[w][1], rows) if r["dataset"] == ds]),
+                        "f1": _mean([x for x, r in zip(f1[w], rows) if r["dataset"] == ds])} for ds in names}
+            diffs = {ds: [a - b for a, b, r in zip(f1[w], f1[chosen], rows) if r["dataset"] == ds] for ds in names}
+            res[w] = {"per_dataset": per, "recall": _mean(picked[w][1]), "f1": _mean(f1[w]),
+                      "vs_chosen": stats.paired_ci(diffs, params.seed)}
+        out["models"][slot] = res
+        del llm
+    write_text(Path(args.out).with_suffix(".json"), json.dumps(out, indent=2) + "\n")
+    write_text(args.out, table(out, names, args) + "\n")
+    return out
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def table(out: dict, names: list[str], args) -> str:
+    lines = [f"# The pick's recall against a reader's F1, by span width (M = {out['M']}, {out['rows']} held-out pool rows)",
+             "", f"`python bench/pick_reader.py --n {args.n} --models {' '.join(args.models)} --spans "
+             f"{' '.join(map(str, args.spans))}`: the fitted pick (run margin {out['grow']}, support weight "
+             f"{out['support_weight']}, coverage {out['cover']}) spends M positions with spans of at least this many "
+             f"tokens on {args.n} rows per dataset of the pool's held-out tenth of titles (never the eval mix); the "
+             f"reader answers from the picked text cut to M of its tokens. Each cell: recall / F1. Δ F1: paired on the "
+             f"same rows against the stage's width (span {out['chosen_span']}, models/pick), 95 % bootstrap CI.", ""]
+    for slot, res in out["models"].items():
+        lines += [f"## {slot}", "", "| span | " + " | ".join(names) + " | all | Δ F1 vs chosen [95 % CI] |",
+                  "|---|" + "---|" * len(names) + "---|---|"]
+        for w, r in res.items():
+            ci = r["vs_chosen"]
+            lines.append(f"| {w}{' (chosen)' if w == out['chosen_span'] else ''} | "
+                         + " | ".join(f"{r['per_dataset'][d]['recall']:.3f} / {r['per_dataset'][d]['f1']:.3f}" for d in names)
+                         + f" | {r['recall']:.3f} / **{r['f1']:.3f}** | {ci['diff']:+.3f} [{ci['lo']:+.3f}, {ci['hi']:+.3f}] |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
