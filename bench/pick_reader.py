@@ -19,6 +19,7 @@ import argparse
 import json
 import random
 import time
+from statistics import fmean
 from pathlib import Path
 
 from latentwire import pick, stats
@@ -85,21 +86,16 @@ def main(argv=None) -> dict:
             print(f"pick_reader: {slot} span {w}: F1 {sum(f1[w]) / len(rows):.3f}, {time.time() - t0:.0f}s", flush=True)
         res = {}
         for w in widths:
-            per = {ds: {"recall": _mean([h for h, r in zip(picked[w][1], rows) if r["dataset"] == ds]),
-                        "f1": _mean([x for x, r in zip(f1[w], rows) if r["dataset"] == ds])} for ds in names}
+            per = {ds: {"recall": fmean([h for h, r in zip(picked[w][1], rows) if r["dataset"] == ds]),
+                        "f1": fmean([x for x, r in zip(f1[w], rows) if r["dataset"] == ds])} for ds in names}
             diffs = {ds: [a - b for a, b, r in zip(f1[w], f1[chosen], rows) if r["dataset"] == ds] for ds in names}
-            res[w] = {"per_dataset": per, "recall": _mean(picked[w][1]), "f1": _mean(f1[w]),
+            res[w] = {"per_dataset": per, "recall": fmean(picked[w][1]), "f1": fmean(f1[w]),
                       "vs_chosen": stats.paired_ci(diffs, params.seed)}
         out["models"][slot] = res
         del llm
     write_text(Path(args.out).with_suffix(".json"), json.dumps(out, indent=2) + "\n")
     write_text(args.out, table(out, names, args) + "\n")
     return out
-
-
-def _mean(xs) -> float:
-    xs = list(xs)
-    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def table(out: dict, names: list[str], args) -> str:
