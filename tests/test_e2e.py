@@ -91,8 +91,8 @@ def test_repro_writes_every_metric(project):
         assert res["n"] == 3 and res["prompt_bytes"] > 0 and res["prompt_tokens"] > 0
         assert set(res) >= {"text", "m_token", "equal_byte", "selected_text", "selected_equal_byte", "latent_ids"}
         assert res["positions"]["latent_max"] <= 32
-        # SmolLM2 is the codebook's own model: every slot arrives and reads as sent
-        assert res["slots"] == {"exact": 1.0, "readable": 1.0, "split": 0.0}
+        # SmolLM2 is the codebook's own model: every slot arrives and reads as sent, one position an id
+        assert res["slots"] == {"exact": 1.0, "readable": 1.0, "split": 0.0, "positions": 1.0}
         assert set(res["ci"]) == {"text", "m_token", "equal_byte", "selected_text", "selected_equal_byte"}
     assert set(ev["pick"]) == {"squad", "hotpotqa", "hotpotqa_distractor", "nq"}
     assert "support_recall" in ev["pick"]["hotpotqa"] and "support_recall" not in ev["pick"]["squad"]

@@ -158,10 +158,10 @@ ROWS = [
 
 def test_evaluate_model_tiny(llms, monkeypatch):
     llm, M, B = llms["llama"], 8, 60
-    asked = []  # (variant, prompt): what the model was given to answer
+    calls = []  # the prompts of each generation: what the model was given to answer
     real = baselines.generate_text
-    monkeypatch.setattr(baselines, "generate_text", lambda llm_, prompts, *a, desc="", **k:
-                        asked.extend((desc.rsplit("/", 1)[1], p) for p in prompts) or real(llm_, prompts, *a, desc=desc, **k))
+    monkeypatch.setattr(baselines, "generate_text", lambda llm_, prompts, *a, **k:
+                        calls.append(list(prompts)) or real(llm_, prompts, *a, **k))
     earlier = {"model": "qwen", "dataset": "squad", "id": "s1", "pred_text": "x"}  # another model's row stays
     predictions = [dict(earlier)]
     res = evaluate_model(llm, ROWS, M, B, max_new_tokens=4, batch_size=2, predictions=predictions)
@@ -176,17 +176,15 @@ def test_evaluate_model_tiny(llms, monkeypatch):
         for name in ("text", "m_token", "equal_byte"):  # the scores are the examples' own, averaged
             mine = [p for p in predictions[1:] if p["dataset"] == ds]
             assert r[name]["f1"] == pytest.approx(sum(p[f"f1_{name}"] for p in mine) / len(mine))
-    # each cut baseline read its own example's context cut to M tokens / B bytes (every context here
-    # is longer than both), not only reported M and B
-    by_question = {x["question"]: x["context"] for x in ROWS}
-    asked_q = []
-    for variant, prompt in asked:
-        q = prompt[prompt.rindex("\nQuestion: ") + len("\nQuestion: "):len(prompt) - len(llm.template.suffix)]
-        full, cut = by_question[q], context_of(llm, prompt)
-        want = {"text": full, "m_token": cut_tokens(llm, full, M), "equal_byte": full.encode()[:B].decode()}[variant]
-        assert cut == want, (variant, q)
-        asked_q.append((variant, q))
-    assert sorted(asked_q) == sorted((v, x["question"]) for v in ("text", "m_token", "equal_byte") for x in ROWS)
+    # one generation for every dataset and baseline (fewer, fuller batches), in which each example
+    # was asked once per baseline, from its own context cut to M tokens / B bytes (every context
+    # here is longer than both), not only reported M and B
+    assert len(calls) == 1
+    asked = sorted((p[p.rindex("\nQuestion: ") + len("\nQuestion: "):len(p) - len(llm.template.suffix)],
+                    context_of(llm, p)) for p in calls[0])
+    want = sorted((x["question"], cut) for x in ROWS for cut in
+                  (x["context"], cut_tokens(llm, x["context"], M), x["context"].encode()[:B].decode()))
+    assert asked == want
     assert predictions[0] == earlier and len(predictions) == 1 + len(ROWS)
     assert [(p["dataset"], p["id"]) for p in predictions[1:]] == [("nq", "n1"), ("squad", "s1"), ("squad", "s2")]
     for p in predictions[1:]:
@@ -217,8 +215,8 @@ def test_evaluate_model_scores_each_baseline(llms, monkeypatch):
     monkeypatch.setattr(baselines, "generate_text", oracle)
     predictions = []
     res = evaluate_model(llm, ROWS, M, B, max_new_tokens=5, batch_size=7, predictions=predictions)
-    assert sorted(calls) == sorted((f"qwen/{ds}/{name}", 5, 7, n) for ds, n in (("squad", 2), ("nq", 1))
-                                   for name in ("text", "m_token", "equal_byte"))
+    # one generation: 3 examples x 3 baselines, with the stage's max_new_tokens and batch size
+    assert calls == [("qwen/text+m_token+equal_byte", 5, 7, 9)]
     # squad: s1's answer opens its context (kept by every cut); s2's is past M tokens / 30 bytes
     assert res["squad"]["text"] == {"f1": 1.0, "em": 1.0}
     assert res["squad"]["m_token"] == {"f1": 0.5, "em": 0.5, "tokens": M}
@@ -296,7 +294,7 @@ evaluate: {{max_new_tokens: 3, batch_size: 2}}
 """, encoding="utf-8")
         calls.clear()
         out[M] = bl.main(str(params), str(eval_path), str(tmp_path / "b" / "text_baselines.json"))
-        ran = {c.rsplit("/", 1)[1] for c in calls}
+        ran = {name for c in calls for name in c.rsplit("/", 1)[1].split("+")}
         assert ran == ({"text", "m_token", "equal_byte"} if M == 16 else {"m_token", "equal_byte"}), calls
     for ds in ("squad", "nq"):
         assert out[8]["llama"][ds]["text"] == out[16]["llama"][ds]["text"]

@@ -182,29 +182,36 @@ def test_a_constant_or_reversed_pick_fails_that_check(project, trained, monkeypa
         check_pick(s, HELD_OUT)
 
 
-def test_a_receiver_with_another_vocabulary_reads_each_id_as_its_string(project, trained):
+def test_a_receiver_with_another_vocabulary_reads_the_ids_text_in_its_own_tokens(project, trained):
     """The tiny qwen's tokenizer is not the codebook's (tests/tiny.py), as Qwen's is not SmolLM2's:
-    its base for a codebook id is the mean of its own embeddings of the id's string, over as
-    many of its tokens as the string takes (one position all the same), and evaluate counts the
-    slots whose string it splits. The llama receiver (the codebook's own) reads its own rows."""
+    its base for a row of ids is its own embeddings of the ids' text in its own tokens, the tokens
+    the selected_text baseline reads, cut to as many positions as ids were sent; evaluate counts
+    the ids whose string alone it splits. The llama receiver (the codebook's own) reads the ids."""
     from latentwire.latent import LatentWire
+    from latentwire.baselines import text_variants
     p = load_params(project / "params.yaml")
     lw = LatentWire.from_checkpoint(p, project / "models/stage3/best", 8, project / "models/pick")
     codebook = lw.codec.sender.tokenizer
-    ids = [i for r in rows(3, "squad", 20) for i in lw.codec.pick(r).ids]
     split = {}
     for slot in ("llama", "qwen"):
         llm = load_frozen(slot, p.models[slot], p.prompt)
         lw.attach(llm)
-        E, table = llm.model.get_input_embeddings().weight.detach().float(), lw.codec.adapters[slot].table
+        adapter, E = lw.codec.adapters[slot], llm.model.get_input_embeddings().weight.detach()
         split[slot] = 0
-        for i in ids:
-            text = codebook.decode([i], clean_up_tokenization_spaces=False)
-            theirs = llm.tokenizer(text, add_special_tokens=False)["input_ids"]
-            assert llm.tokenizer.decode(theirs, clean_up_tokenization_spaces=False) == text
-            torch.testing.assert_close(table[i], E[theirs].mean(0))
-            assert lw.codec.split[slot][i] == len(theirs)
-            split[slot] += len(theirs) > 1
+        for r in rows(3, "squad", 20):
+            ids = lw.codec.pick(r).ids
+            tok = adapter.tokens(ids)
+            if slot == "llama":
+                assert tok == ids
+            else:  # the picked text's prompt holds the same tokens, after "Context:"
+                prompt = text_variants(llm, r, len(ids), 10, lw.codec.sender.decode(ids))["selected_text"]
+                theirs = llm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                assert any(theirs[k:k + len(tok)] == tok for k in range(len(theirs))), (tok, theirs)
+            with torch.no_grad():  # step 0 of the learned correction: the embeddings of those tokens
+                adapter.delta[2].weight.zero_(); adapter.delta[2].bias.zero_(); adapter.pos.zero_()
+                torch.testing.assert_close(adapter(torch.tensor(ids)), E[tok].float())
+            split[slot] += sum(len(llm.tokenizer(codebook.decode([i]), add_special_tokens=False)["input_ids"]) > 1
+                               for i in ids)
     assert split["llama"] == 0 and split["qwen"] > 0, split
     assert codebook.get_vocab() != llm.tokenizer.get_vocab()  # qwen: other ids for the same strings
     _, m = trained

@@ -52,52 +52,79 @@ class Adapter(nn.Module):
 
 
 class TokenAdapter(nn.Module):
-    """encoder.kind "ids": a slot's codebook id -> the soft token this model reads.
+    """encoder.kind "ids": a slot's codebook ids -> the soft tokens this model reads.
 
-    The base is frozen and not saved: the model's own input embedding of the id's string (the
-    mean over its tokens where its tokenizer splits the string: one position all the same).
-    Learned on top, both zero at the start, so step 0 reads exactly the string mapping: a
-    low-rank residual correction and a position per slot."""
+    The base is frozen and not saved: the model's own input embeddings of the ids' text in its
+    own tokens (`receiver_tokens`: the ids themselves where the model shares the codebook's
+    tokenizer, else the text re-tokenised as the model would read it), cut to as many
+    positions as ids were sent, so a receiver never reads more positions than the wire holds ids.
+    Learned on top, both zero at the start, so step 0 reads exactly that text: a low-rank residual
+    correction and a position per slot. (Before, each id took one position, the mean of the
+    model's embeddings of its string's tokens: unreadable where the string splits, and the
+    codebook's segmentation where the model's own packs the text tighter; Qwen's latent read
+    0.032 F1 below the same text, docs/RESULTS.md.)"""
 
     def __init__(self, hidden: int, M: int, rank: int = 64):
         super().__init__()
-        self.table: torch.Tensor | None = None  # set_table(); [V_codebook, hidden]
+        self.E: torch.Tensor | None = None  # set_table(): the model's input embeddings [V, hidden]
+        self.to_tokens = None               # set_table(): codebook ids -> the model's own tokens
         self.delta = nn.Sequential(nn.Linear(hidden, rank), nn.GELU(), nn.Linear(rank, hidden))
         nn.init.zeros_(self.delta[2].weight)
         nn.init.zeros_(self.delta[2].bias)
         self.pos = nn.Parameter(torch.zeros(M, hidden))
 
-    def set_table(self, table: torch.Tensor) -> None:
-        self.table = table
+    def set_table(self, embeddings: torch.Tensor, to_tokens) -> None:
+        self.E, self.to_tokens = embeddings, to_tokens
+
+    def tokens(self, ids: list[int]) -> list[int]:
+        """The model's own tokens of the ids' text, cut to len(ids) positions."""
+        if self.to_tokens is None:
+            raise RuntimeError("TokenAdapter: call set_table(embeddings, receiver_tokens(...)) first")
+        return self.to_tokens(ids)[:len(ids)]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [n] -> soft tokens [n, hidden]; n > M (a dataset with its own larger M) reads the
-        slot positions interpolated to n."""
-        if self.table is None:
-            raise RuntimeError("TokenAdapter: call set_table(string_table(...)) first")
-        e = self.table[ids.to(self.table.device)].to(self.pos.device, self.pos.dtype)
-        pos = self.pos if len(ids) <= len(self.pos) else resize_rows(self.pos, len(ids))  # a dataset's own larger M
-        return e + self.delta(e) + pos[:len(ids)]
+        """ids [n] -> soft tokens [<= n, hidden]; more than M positions (a dataset with its own
+        larger M) read the slot positions interpolated to that many."""
+        tok = torch.tensor(self.tokens(ids.tolist()), dtype=torch.long, device=self.E.device)
+        e = self.E[tok].to(self.pos.device, self.pos.dtype)
+        pos = self.pos if len(tok) <= len(self.pos) else resize_rows(self.pos, len(tok))  # a dataset's own larger M
+        return e + self.delta(e) + pos[:len(tok)]
 
     @torch.no_grad()
     def resize(self, M: int) -> None:
         self.pos = nn.Parameter(resize_rows(self.pos, M))
 
 
-@torch.no_grad()
-def string_table(codebook_tokenizer, receiver) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every codebook (sender) id: the receiver's input embedding of the same string (the
-    mean over the receiver's tokens of it) [V, H], and how many receiver tokens that takes [V]."""
-    E = receiver.model.get_input_embeddings().weight.detach().float()
+def receiver_tokens(codebook_tokenizer, receiver):
+    """codebook ids -> the receiver's own tokens of the same text: the ids themselves where the two
+    tokenizers are one, else the decoded text re-tokenised after a space, as it follows "Context:"
+    in every text prompt (the selected_text baseline reads the same tokens)."""
     rtok = receiver.tokenizer
     if codebook_tokenizer.get_vocab() == rtok.get_vocab():
-        return E, torch.ones(E.shape[0], dtype=torch.long)
+        return list
+    return lambda ids: rtok(" " + codebook_tokenizer.decode(ids).strip(), add_special_tokens=False)["input_ids"]
+
+
+def string_tokens(codebook_tokenizer, receiver) -> list[list[int]]:
+    """For every codebook (sender) id: the receiver's own token ids of the same string (itself
+    where the two tokenizers are one)."""
+    rtok = receiver.tokenizer
     V = len(codebook_tokenizer)
+    if codebook_tokenizer.get_vocab() == rtok.get_vocab():
+        return [[i] for i in range(V)]
     tokens = codebook_tokenizer.convert_ids_to_tokens(list(range(V)))
     strings = [codebook_tokenizer.convert_tokens_to_string([t]) for t in tokens]
-    enc = rtok(strings, add_special_tokens=False)["input_ids"]
-    out, counts = torch.zeros(V, E.shape[1]), torch.zeros(V, dtype=torch.long)
-    for i, ids in enumerate(enc):
+    return rtok(strings, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def string_table(codebook_tokenizer, receiver) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every codebook (sender) id: the mean of the receiver's input embeddings of its string's
+    tokens [V, H], and how many receiver tokens that takes [V] (the benches' one vector a string)."""
+    E = receiver.model.get_input_embeddings().weight.detach().float()
+    pieces = string_tokens(codebook_tokenizer, receiver)
+    out, counts = torch.zeros(len(pieces), E.shape[1]), torch.zeros(len(pieces), dtype=torch.long)
+    for i, ids in enumerate(pieces):
         if ids:
             out[i], counts[i] = E[ids].mean(0), len(ids)
     return out, counts

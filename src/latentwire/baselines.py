@@ -141,14 +141,24 @@ def evaluate_model(llm: FrozenLLM, rows: list[dict], M, B, max_new_tokens: int, 
     result = {}
     budget = (lambda r: B[r["id"]]) if isinstance(B, dict) else (lambda r: B)  # noqa: E731
     names = [n for n in names if selected is not None or n not in SELECTED]
-    for ds, ds_rows in by_dataset(rows).items():
-        m = M[ds] if isinstance(M, dict) else M
-        variants = [text_variants(llm, r, m, budget(r), selected and selected[r["id"]]) for r in ds_rows]
+    M_of = lambda ds: M[ds] if isinstance(M, dict) else M  # noqa: E731
+    groups = by_dataset(rows)
+    # every prompt of every dataset and baseline in one length-sorted generation: fewer, fuller
+    # batches than one generation per dataset and baseline (Qwen's cuts: 245 -> 208 s, the same answers)
+    prompts = {}
+    for ds, ds_rows in groups.items():
+        variants = [text_variants(llm, r, M_of(ds), budget(r), selected and selected[r["id"]]) for r in ds_rows]
+        prompts.update({(ds, name): [v[name] for v in variants] for name in names})
+    flat = generate_text(llm, [p for ps in prompts.values() for p in ps], max_new_tokens, batch_size,
+                         desc=f"{llm.slot}/{'+'.join(names)}", batch_tokens=batch_tokens)
+    answers, at = {}, 0
+    for key, ps in prompts.items():
+        answers[key], at = flat[at:at + len(ps)], at + len(ps)
+    for ds, ds_rows in groups.items():
+        m = M_of(ds)
         res: dict = {"n": len(ds_rows)}
-        preds = {}
+        preds = {name: answers[ds, name] for name in names}
         for name in names:
-            preds[name] = generate_text(llm, [v[name] for v in variants], max_new_tokens,
-                                        batch_size, desc=f"{llm.slot}/{ds}/{name}", batch_tokens=batch_tokens)
             res[name] = score(preds[name], ds_rows)
         if "text" in names:
             bodies = [llm.template.body(r["context"], r["question"]) for r in ds_rows]

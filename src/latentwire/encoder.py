@@ -170,7 +170,7 @@ class ByteCodec(nn.Module):
         hint = torch.tensor([latent.hint or 0], device=dev)
         return self.adapters[slot](self.encoder.slot_view(z, slot), hint)[0]
 
-    def diagnose(self, slot: str, llm, latent: Latent, sent: Latent, soft: torch.Tensor) -> dict:
-        """The quantisation error of the unpacked values against the sent ones."""
-        err = float(abs(latent.values - sent.values).max()) if latent.n else 0.0
-        return {"slots": latent.n, "max_abs_error": err}
+    def diagnose(self, slot: str, llm, latents: list[Latent], sents: list[Latent], softs: list) -> list[dict]:
+        """Per example: the quantisation error of the unpacked values against the sent ones."""
+        return [{"slots": latent.n, "max_abs_error": float(abs(latent.values - sent.values).max()) if latent.n else 0.0}
+                for latent, sent in zip(latents, sents)]

@@ -69,14 +69,12 @@ def latent_model(llm: FrozenLLM, lw: LatentWire, rows: list[dict], sent: dict, n
     for ds, ds_rows in by_dataset(rows).items():
         preds, n_pos, diag, flat = [], [], defaultdict(float), []
         for i in tqdm(range(0, len(ds_rows), bs), desc=f"{llm.slot}/{ds}/latent", leave=False, disable=None):
-            batch, softs = ds_rows[i:i + bs], []
-            for r in batch:
-                data, sent_latent = sent[r["id"]]
-                latent, soft = rec.read(lw.codec, data)
-                softs.append(soft)
-                n_pos.append(len(soft))
-                flat.append(soft.float().reshape(-1))
-                for k, v in lw.codec.diagnose(llm.slot, llm, latent, sent_latent, soft).items():
+            batch = ds_rows[i:i + bs]
+            latents, softs = zip(*(rec.read(lw.codec, sent[r["id"]][0]) for r in batch))
+            n_pos += [len(s) for s in softs]
+            flat += [s.float().reshape(-1) for s in softs]
+            for d in lw.codec.diagnose(llm.slot, llm, latents, [sent[r["id"]][1] for r in batch], softs):
+                for k, v in d.items():
                     diag[k] = max(diag[k], v) if k.startswith("max") else diag[k] + v
             preds += rec.answer(softs, [r["question"] for r in batch], params.evaluate.max_new_tokens)
         merge_predictions(predictions, [

@@ -2,8 +2,9 @@
 `pick` stage) -> codebook ids (payload kind ids, 16 bits a slot) -> each model's TokenAdapter.
 
 Nothing on the sender's side is trained by the curriculum: it trains the adapters only. Each
-adapter's base is the receiver's own embedding of the id's string (`attach` builds it from
-the receiver), so a receiver that shares the codebook's tokenizer reads the ids exactly.
+adapter's base is the receiver's own tokens of the ids' text and their embeddings (`attach`
+builds it from the receiver), cut to as many positions as ids were sent, so a receiver that
+shares the codebook's tokenizer reads the ids exactly and another reads the same text.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from . import pick
-from .adapter import TokenAdapter, string_table
+from .adapter import TokenAdapter, receiver_tokens, string_tokens
 from .payload import KIND_IDS, Latent, Limits
 from .sender import Sender
 
@@ -64,9 +65,10 @@ class IdCodec(nn.Module):
             a.resize(M)
 
     def attach(self, llm) -> None:
-        """Build the frozen string mapping codebook id -> llm's embedding (never saved)."""
-        table, self.split[llm.slot] = string_table(self.sender.tokenizer, llm)
-        self.adapters[llm.slot].set_table(table)
+        """Build the frozen string mapping codebook id -> llm's own tokens and embeddings (never saved)."""
+        self.split[llm.slot] = torch.tensor([len(p) for p in string_tokens(self.sender.tokenizer, llm)])
+        self.adapters[llm.slot].set_table(llm.model.get_input_embeddings().weight.detach(),
+                                          receiver_tokens(self.sender.tokenizer, llm))
 
     def ids(self, row: dict) -> list[int]:
         if row["id"] not in self.memo:
@@ -86,16 +88,25 @@ class IdCodec(nn.Module):
         return self.adapters[slot](torch.tensor(latent.ids, dtype=torch.long))
 
     @torch.no_grad()
-    def diagnose(self, slot: str, llm, latent: Latent, sent: Latent, soft: torch.Tensor) -> dict:
-        """Per slot counts: exact (the unpacked id is the sent one), readable (the model's
-        nearest token to the soft token spells the id's string), split (the string takes more
-        than one of the model's tokens: it still takes one position)."""
+    def diagnose(self, slot: str, llm, latents: list[Latent], sents: list[Latent], softs: list) -> list[dict]:
+        """Per example counts: exact (the unpacked id is the sent one), readable (the model's
+        nearest token to a soft token is the token it was built from), split (ids whose string
+        alone takes more than one of the model's tokens), positions (the model's tokens of the
+        ids' text, cut to the ids' count: what it reads). The nearest tokens of a batch's soft tokens come from
+        one pass over the model's [V, H] embedding table per 256 of them (read from memory once,
+        not once per example)."""
         if not hasattr(self, "_unit") or self._unit[0] != slot:
             E = llm.model.get_input_embeddings().weight.detach().float()
-            strings = [self.sender.tokenizer.decode([i]) for i in range(len(self.sender.tokenizer))]
-            self._unit = (slot, torch.nn.functional.normalize(E, dim=-1), strings)
-        _, E, strings = self._unit
-        near = (torch.nn.functional.normalize(soft.float(), dim=-1) @ E.T).argmax(-1).tolist() if latent.ids else []
-        return {"slots": len(latent.ids), "exact": sum(a == b for a, b in zip(latent.ids, sent.ids)),
-                "readable": sum(llm.tokenizer.decode([n]) == strings[i] for n, i in zip(near, latent.ids)),
-                "split": int((self.split[slot][torch.tensor(latent.ids, dtype=torch.long)] > 1).sum())}
+            self._unit = (slot, torch.nn.functional.normalize(E, dim=-1))
+        _, E = self._unit
+        flat = [s.float() for s in softs if len(s)]
+        flat = torch.nn.functional.normalize(torch.cat(flat), dim=-1) if flat else E.new_zeros(0, E.shape[1])
+        near = [i for chunk in flat.split(256) for i in (chunk @ E.T).argmax(-1).tolist()]
+        out, at, adapter = [], 0, self.adapters[slot]
+        for latent, sent, soft in zip(latents, sents, softs):
+            mine, at = near[at:at + len(soft)], at + len(soft)
+            out.append({"slots": len(latent.ids), "exact": sum(a == b for a, b in zip(latent.ids, sent.ids)),
+                        "readable": sum(a == b for a, b in zip(mine, adapter.tokens(latent.ids))),
+                        "split": sum(int(self.split[slot][i]) > 1 for i in latent.ids),
+                        "positions": len(soft)})
+        return out
