@@ -42,13 +42,19 @@ def dev_sample(pool: str, n: int, seed: int) -> list[dict]:
     return [r for ds in sorted(by) for r in rng.sample(by[ds], min(n, len(by[ds])))]
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def held_out_args(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a bench that reads n held-out pool rows per dataset with the fitted pick."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--pool", default="data/mix/pool.jsonl")
     ap.add_argument("--pick", default="models/pick")
     ap.add_argument("--n", type=int, default=150, help="held-out pool rows per dataset")
     ap.add_argument("--models", nargs="+", default=["qwen"], help="reader slots (models.*)")
+    return ap
+
+
+def main(argv=None) -> dict:
+    ap = held_out_args(__doc__)
     ap.add_argument("--spans", type=int, nargs="+", default=[3, 6, 12, 16, 24, 32], help="span widths")
     ap.add_argument("--out", default="bench/results/pick_reader.md")
     args = ap.parse_args(argv)

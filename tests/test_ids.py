@@ -384,6 +384,25 @@ def test_pick_reader_benchmark_spends_the_fitted_pick_at_each_width(project, tra
     assert "| 6 (chosen) |" in out.read_text()
 
 
+def test_receiver_base_benchmark_reads_both_bases_on_held_out_rows(project, trained, tmp_path):
+    """bench/receiver_base.py must not rot: it reads the pick's held-out pool rows only; for the
+    codebook's own model (llama) the two bases are one input, so the same answers; the other
+    vocabulary (qwen) splits some ids' strings and reads its own tokens within the ids' count."""
+    base = bench("receiver_base")
+    out = tmp_path / "base.md"
+    pool = sender.read_jsonl(project / "data/mix/pool.jsonl")
+    dev = [r for r in pool if sender.is_pick_dev(r)]
+    r = base.main(["--params", str(project / "params.yaml"), "--pool", str(project / "data/mix/pool.jsonl"),
+                   "--pick", str(project / "models/pick"), "--n", "100", "--models", "llama", "qwen", "--out", str(out)])
+    assert r["rows"] == len(dev) > 0
+    llama, qwen = r["models"]["llama"], r["models"]["qwen"]
+    assert llama["f1"]["mean"] == llama["f1"]["tokens"] and llama["split_ids"] == 0
+    assert llama["positions"]["tokens"] == llama["positions"]["mean"]
+    assert qwen["split_ids"] > 0 and qwen["positions"]["tokens"] <= qwen["positions"]["mean"] <= r["M"]
+    assert qwen["tokens_minus_mean"]["n"] == qwen["tokens_minus_text"]["n"] == len(dev)  # paired on the same rows
+    assert "## qwen" in out.read_text()
+
+
 def test_pool_probe_benchmark_runs_on_the_tiny_models(project, trained, tmp_path):
     """bench/pool_probe.py must not rot: every variant within M positions, the pooled ones
     carrying about two tokens a position, twice the tokens at twice the positions."""
