@@ -29,7 +29,7 @@ from statistics import fmean
 import torch
 
 from latentwire import stats
-from latentwire.adapter import receiver_tokens, string_table
+from latentwire.adapter import TokenAdapter, receiver_tokens, string_table
 from latentwire.baselines import cut_tokens, generate_text
 from latentwire.config import load_params
 from latentwire.io import write_text
@@ -69,9 +69,11 @@ def main(argv=None) -> dict:
         llm = load_frozen(slot, params.models[slot], params.prompt, params.cache_dir)
         E = llm.model.get_input_embeddings().weight.detach()
         means, counts = string_table(sender.tokenizer, llm)
-        to_tokens = receiver_tokens(sender.tokenizer, llm)
-        softs = {"mean": [means[torch.tensor(i, dtype=torch.long)].to(E.dtype) for i in ids],
-                 "tokens": [E[torch.tensor(to_tokens(i)[:len(i)], dtype=torch.long)] for i in ids]}
+        adapter = TokenAdapter(E.shape[1], M)  # untrained: its correction and positions are zero
+        adapter.set_table(E, receiver_tokens(sender.tokenizer, llm))
+        with torch.no_grad():
+            softs = {"mean": [means[torch.tensor(i, dtype=torch.long)].to(E.dtype) for i in ids],
+                     "tokens": [adapter(torch.tensor(i, dtype=torch.long)) for i in ids]}
         if ev.prepack:
             pack(llm.model)  # as evaluate: the linear weights reordered once (CPU)
         f1 = {}

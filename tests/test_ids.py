@@ -197,6 +197,8 @@ def test_a_receiver_with_another_vocabulary_reads_the_ids_text_in_its_own_tokens
         llm = load_frozen(slot, p.models[slot], p.prompt)
         lw.attach(llm)
         adapter, E = lw.codec.adapters[slot], llm.model.get_input_embeddings().weight.detach()
+        with torch.no_grad():  # step 0 of the learned correction: the embeddings of the tokens alone
+            adapter.delta[2].weight.zero_(); adapter.delta[2].bias.zero_(); adapter.pos.zero_()
         split[slot] = 0
         for r in rows(3, "squad", 20):
             ids = lw.codec.pick(r).ids
@@ -207,11 +209,12 @@ def test_a_receiver_with_another_vocabulary_reads_the_ids_text_in_its_own_tokens
                 prompt = text_variants(llm, r, len(ids), 10, lw.codec.sender.decode(ids))["selected_text"]
                 theirs = llm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
                 assert any(theirs[k:k + len(tok)] == tok for k in range(len(theirs))), (tok, theirs)
-            with torch.no_grad():  # step 0 of the learned correction: the embeddings of those tokens
-                adapter.delta[2].weight.zero_(); adapter.delta[2].bias.zero_(); adapter.pos.zero_()
+            with torch.no_grad():
                 torch.testing.assert_close(adapter(torch.tensor(ids)), E[tok].float())
-            split[slot] += sum(len(llm.tokenizer(codebook.decode([i]), add_special_tokens=False)["input_ids"]) > 1
-                               for i in ids)
+            for i in ids:  # the diagnostics' count of each id's string in this tokenizer's tokens
+                theirs = llm.tokenizer(codebook.decode([i]), add_special_tokens=False)["input_ids"]
+                assert lw.codec.split[slot][i] == len(theirs)
+                split[slot] += len(theirs) > 1
     assert split["llama"] == 0 and split["qwen"] > 0, split
     assert codebook.get_vocab() != llm.tokenizer.get_vocab()  # qwen: other ids for the same strings
     _, m = trained
