@@ -213,7 +213,7 @@ def test_a_receiver_with_another_vocabulary_reads_the_ids_text_in_its_own_tokens
                 torch.testing.assert_close(adapter(torch.tensor(ids)), E[tok].float())
             for i in ids:  # the diagnostics' count of each id's string in this tokenizer's tokens
                 theirs = llm.tokenizer(codebook.decode([i]), add_special_tokens=False)["input_ids"]
-                assert lw.codec.split[slot][i] == len(theirs)
+                assert lw.codec.split(slot, [i]) == [len(theirs)]
                 split[slot] += len(theirs) > 1
     assert split["llama"] == 0 and split["qwen"] > 0, split
     assert codebook.get_vocab() != llm.tokenizer.get_vocab()  # qwen: other ids for the same strings

@@ -68,3 +68,17 @@ def test_overlap_scores_do_not_depend_on_the_order_of_the_question_words():
     between two sentences' ranks broke either way."""
     units = [{"a", "b", "c"}, {"c"}, {"c"}]  # idf: a and b in one unit, c in all three
     assert len({tuple(pick._bm25(units, list(p))[0]) for p in itertools.permutations("abc")}) == 1
+
+
+def test_worker_processes_compute_the_cache_one_process_would(monkeypatch):
+    """The pool's features are read in chunks by one process a core: chunk after chunk in order,
+    the same cache, field for field, as one process reading every row."""
+    rows = qa_rows(7, "squad")
+    alone = sender.compute_features(rows, Chars(), "k", 512)  # one chunk: read here
+    monkeypatch.setattr(sender, "FEATURE_CHUNK", 2)  # four chunks, over the cores' processes
+    monkeypatch.setattr(sender.os, "sched_getaffinity", lambda pid: {0, 1})
+    spread = sender.compute_features(rows, Chars(), "k", 512)
+    assert alone.keys() == spread.keys()
+    for k in alone:
+        assert torch.equal(alone[k], spread[k]), k
+    assert len(alone["lengths"]) == 7 and alone["lengths"].min() > 0

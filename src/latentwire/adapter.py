@@ -105,16 +105,16 @@ def receiver_tokens(codebook_tokenizer, receiver):
     return lambda ids: rtok(" " + codebook_tokenizer.decode(ids).strip(), add_special_tokens=False)["input_ids"]
 
 
-def string_tokens(codebook_tokenizer, receiver) -> list[list[int]]:
-    """For every codebook (sender) id: the receiver's own token ids of the same string (itself
-    where the two tokenizers are one)."""
+def string_tokens(codebook_tokenizer, receiver, ids: list[int] | None = None) -> list[list[int]]:
+    """For each codebook (sender) id (default: every one): the receiver's own token ids of the same
+    string (itself where the two tokenizers are one)."""
     rtok = receiver.tokenizer
-    V = len(codebook_tokenizer)
+    ids = list(range(len(codebook_tokenizer))) if ids is None else list(ids)
     if codebook_tokenizer.get_vocab() == rtok.get_vocab():
-        return [[i] for i in range(V)]
-    tokens = codebook_tokenizer.convert_ids_to_tokens(list(range(V)))
+        return [[i] for i in ids]
+    tokens = codebook_tokenizer.convert_ids_to_tokens(ids)
     strings = [codebook_tokenizer.convert_tokens_to_string([t]) for t in tokens]
-    return rtok(strings, add_special_tokens=False)["input_ids"]
+    return rtok(strings, add_special_tokens=False)["input_ids"] if strings else []
 
 
 @torch.no_grad()

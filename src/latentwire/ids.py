@@ -26,7 +26,8 @@ class IdCodec(nn.Module):
         self.adapters = nn.ModuleDict({s: TokenAdapter(hidden[s], M, params.train.adapter_rank)
                                        for s in params.models})
         self._sender: Sender | None = None
-        self.split: dict[str, torch.Tensor] = {}   # slot -> receiver tokens per codebook string
+        self.readers: dict = {}                    # slot -> the attached LLM (its tokenizer: `split`)
+        self.splits: dict[str, dict[int, int]] = {}  # slot -> {codebook id: its string's receiver tokens}
         self.memo: dict[str, list[int]] = {}       # row id -> picked ids (training rows only)
 
     @property
@@ -66,9 +67,18 @@ class IdCodec(nn.Module):
 
     def attach(self, llm) -> None:
         """Build the frozen string mapping codebook id -> llm's own tokens and embeddings (never saved)."""
-        self.split[llm.slot] = torch.tensor([len(p) for p in string_tokens(self.sender.tokenizer, llm)])
+        self.readers[llm.slot], self.splits[llm.slot] = llm, {}
         self.adapters[llm.slot].set_table(llm.model.get_input_embeddings().weight.detach(),
                                           receiver_tokens(self.sender.tokenizer, llm))
+
+    def split(self, slot: str, ids: list[int]) -> list[int]:
+        """How many of the slot's receiver tokens each codebook id's string alone takes (a
+        diagnostic: tokenised as ids are first seen, never the whole codebook)."""
+        memo = self.splits[slot]
+        new = sorted({i for i in ids if i not in memo})
+        if new:
+            memo.update(zip(new, map(len, string_tokens(self.sender.tokenizer, self.readers[slot], new))))
+        return [memo[i] for i in ids]
 
     def ids(self, row: dict) -> list[int]:
         if row["id"] not in self.memo:
@@ -102,11 +112,12 @@ class IdCodec(nn.Module):
         flat = [s.float() for s in softs if len(s)]
         flat = torch.nn.functional.normalize(torch.cat(flat), dim=-1) if flat else E.new_zeros(0, E.shape[1])
         near = [i for chunk in flat.split(256) for i in (chunk @ E.T).argmax(-1).tolist()]
+        self.split(slot, [i for latent in latents for i in latent.ids])  # the batch's new ids at once
         out, at, adapter = [], 0, self.adapters[slot]
         for latent, sent, soft in zip(latents, sents, softs):
             mine, at = near[at:at + len(soft)], at + len(soft)
             out.append({"slots": len(latent.ids), "exact": sum(a == b for a, b in zip(latent.ids, sent.ids)),
                         "readable": sum(a == b for a, b in zip(mine, adapter.tokens(latent.ids))),
-                        "split": sum(int(self.split[slot][i]) > 1 for i in latent.ids),
+                        "split": sum(n > 1 for n in self.split(slot, latent.ids)),
                         "positions": len(soft)})
         return out

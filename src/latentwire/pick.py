@@ -375,7 +375,7 @@ def fit(model: PickModel, reads: list["Read"], labels: list[torch.Tensor], epoch
     pos_weight = ((known - pos) / pos.clamp_min(1)).sqrt()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
     params = list(model.parameters())
-    averaged, steps = [p.detach().clone() for p in params], 0
+    averaged, steps = [p.detach().clone() for p in params] if ema else [], 0
     pad = torch.nn.utils.rnn.pad_sequence
     total = 0.0
     for epoch in tqdm(range(epochs), desc=f"pick fit (seed {seed})", unit="epoch", disable=None):
@@ -429,26 +429,40 @@ class Ensemble(torch.nn.Module):
     def logits(self, r: "Read") -> torch.Tensor:
         return torch.stack([m.logits(r) for m in self.members]).mean(0)
 
+    def logits_many(self, reads: list["Read"]) -> list[torch.Tensor]:
+        """`logits` of every read, each member over all of them in its own thread (`side_by_side`):
+        the same numbers (a member's logits do not depend on the thread count), in 1 / members the
+        wall on as many cores."""
+        per = side_by_side(len(self.members), lambda k: [self.members[k].logits(r) for r in reads])
+        return [torch.stack(ls).mean(0) for ls in zip(*per)]
+
     score = PickModel.score
+
+
+def side_by_side(n: int, job) -> list:
+    """[job(0), ..., job(n - 1)], one Python thread each, the cores shared out among them (torch's
+    small GRU steps gain little from a second core of their own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = torch.get_num_threads()
+    if n == 1:
+        return [job(0)]
+    torch.set_num_threads(max(1, threads // n))
+    try:
+        with ThreadPoolExecutor(max_workers=min(n, threads)) as pool:
+            return list(pool.map(job, range(n)))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def fit_ensemble(model: Ensemble, reads: list["Read"], labels: list[torch.Tensor], epochs: int = 6,
                  batch: int = 64, lr: float = 3e-3, seed: int = 0, ema: float = 0.0, log=print) -> float:
     """`fit` each member, member k from seed + k, side by side: one Python thread a member, the
-    cores shared out among them. The GRU's small steps gain little from a second core (2 cores: one
-    fit on both takes 0.8x the wall of one fit on one), so on 2 cores two members take about 1.3x
-    the wall of one. Each member's fit is the same in any thread (`fit` seeds its start under a
+    cores shared out among them. The GRU's small steps gain nothing from a second core: on 2 cores the
+    `pick` stage with one fit on both took 489 s, with two side by side 387 s. Each member's fit is the same in any thread (`fit` seeds its start under a
     lock; its windows come from its own generator). Returns the members' mean last-epoch loss."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    n, threads = len(model.members), torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // n))
-    try:
-        with ThreadPoolExecutor(max_workers=min(n, threads)) as pool:
-            losses = list(pool.map(lambda k: fit(model.members[k], reads, labels, epochs, batch, lr, seed + k, ema, log),
-                                   range(n)))
-    finally:
-        torch.set_num_threads(threads)
+    n = len(model.members)
+    losses = side_by_side(n, lambda k: fit(model.members[k], reads, labels, epochs, batch, lr, seed + k, ema, log))
     return sum(losses) / n
 
 
