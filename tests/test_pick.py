@@ -128,6 +128,10 @@ def test_an_ensemble_rates_by_its_members_mean_and_each_member_is_its_seeds_fit(
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(solo.logits(r), b)
+    # every read rated at once, each member in its own thread: the same numbers as one read at a time
+    many = ens.logits_many(reads)
+    assert len(many) == len(reads) and all(torch.equal(x, ens.logits(q)) for x, q in zip(many, reads))
+    assert torch.get_num_threads() == threads
 
 
 def test_the_fit_ends_with_the_moving_average_of_its_weights():

@@ -2,6 +2,7 @@
 process, on the tiny models), the pool's reads are views into one features cache (no copy, no
 Python object per token), and that cache holds what any process would compute."""
 import importlib.util
+from concurrent import futures
 import itertools
 import json
 from pathlib import Path
@@ -77,7 +78,15 @@ def test_worker_processes_compute_the_cache_one_process_would(monkeypatch):
     alone = sender.compute_features(rows, Chars(), "k", 512)  # one chunk: read here
     monkeypatch.setattr(sender, "FEATURE_CHUNK", 2)  # four chunks, over the cores' processes
     monkeypatch.setattr(sender.os, "sched_getaffinity", lambda pid: {0, 1})
+    pools = []
+
+    class Counted(futures.ProcessPoolExecutor):  # the chunks really go to worker processes
+        def __init__(self, workers, **kw):
+            pools.append(workers)
+            super().__init__(workers, **kw)
+    monkeypatch.setattr(futures, "ProcessPoolExecutor", Counted)
     spread = sender.compute_features(rows, Chars(), "k", 512)
+    assert pools == [2]
     assert alone.keys() == spread.keys()
     for k in alone:
         assert torch.equal(alone[k], spread[k]), k
