@@ -449,6 +449,37 @@ def test_pair_slots_benchmark_trains_the_pooler_from_the_mean(project, trained, 
     assert "| pair_learned |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
 
 
+def test_highlight_benchmark_aligns_the_ratings_and_starts_at_the_text(project, trained, tmp_path):
+    """bench/highlight.py must not rot: each receiver token (another tokenizer's) takes the rating
+    of the sender tokens its characters overlap, and nothing else's; the rating embedding starts at
+    zero, so a reader with it reads exactly the text's embeddings; the run writes every variant."""
+    import torch
+
+    hl = bench("highlight")
+    p = load_params(project / "params.yaml")
+    s = sender.Sender.load(p, project / "models/pick", 8)
+    qwen = load_frozen("qwen", p.models["qwen"], p.prompt)
+    line = " the tower stands in paris"
+    enc = s.tokenizer(line, add_special_tokens=False, return_offsets_mapping=True)
+    ids, at = enc["input_ids"], line.index("tower")
+    rating = [3 if a < at + 5 and b > at else 0 for a, b in enc["offset_mapping"]]  # the tokens of "tower"
+    tok, got = hl.receiver_ratings(s, qwen, ids, rating)
+    text = [qwen.tokenizer.decode([t]) for t in tok]
+    assert len(got) == len(tok) and set(got) == {0, 3}
+    assert "".join(t for t, b in zip(text, got) if b == 3).strip().lower() == "tower", (text, got)
+    E = torch.randn(50, 6)
+    plain, marked = hl.Reader(E, 8, 4, 4, False), hl.Reader(E, 8, 4, 4, True)
+    assert torch.equal(plain([1, 2, 3], [0, 3, 1]), E[[1, 2, 3]]) and torch.equal(marked([1, 2, 3], [0, 3, 1]), E[[1, 2, 3]])
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows(60, "squad", 100) + rows(60, "nq", 300)))
+    out = tmp_path / "hl.md"
+    r = hl.main(["--params", str(project / "params.yaml"), "--pool", str(pool), "--pick", str(project / "models/pick"),
+                 "--slot", "qwen", "--n", "3", "--M", "6", "--train", "16", "--steps", "2", "--batch", "4",
+                 "--out", str(out)])
+    assert r["n"] == 6 and set(r["variants"]) == set(hl.VARIANTS) and len(r["contrasts"]) == len(hl.CONTRASTS)
+    assert "| highlight_only |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
+
+
 def test_the_receiver_reads_its_payload(project, trained):
     """Receiver.read + Receiver.answer are the one receive path (evaluate, transfer, bench): with
     the adapter's learned correction at zero, the soft tokens are exactly the receiver's own
