@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -42,12 +41,11 @@ from latentwire.llm import load_frozen
 from latentwire.losses import ce_loss
 from latentwire.metrics import f1_score
 from latentwire.receiver import Receiver
-from latentwire.sender import Sender, is_pick_dev
-from latentwire.stats import paired_ci
+from latentwire.sender import Sender
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ledger import ci  # noqa: E402
-from pool_probe import held_out  # noqa: E402
+from pair_slots import contrast_table, contrasts  # noqa: E402
+from pool_probe import split  # noqa: E402
 
 VARIANTS = ("untrained", "trained", "highlight", "highlight_only")
 REL_LR = 0.011  # Qwen 0.0136 a coordinate -> 1.5e-4; SmolLM2 0.099 -> 1.1e-3 (train.lr 1e-3 is 7x Qwen's scale)
@@ -170,11 +168,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     params = load_params(args.params)
     sender = Sender.load(params, args.pick, args.M)
-    pool = read_jsonl(args.pool)
-    test = held_out(pool, args.n)
-    rows = [r for r in pool if not is_pick_dev(r)]
-    random.Random(0).shuffle(rows)
-    rows = rows[:args.train]
+    test, rows = split(read_jsonl(args.pool), args.n, args.train)
     t0 = time.time()
     s_train = [sent(sender, r, args.M, args.edges) for r in tqdm(rows, desc="pick train", disable=None)]
     s_test = [sent(sender, r, args.M, args.edges) for r in tqdm(test, desc="pick test", disable=None)]
@@ -210,15 +204,7 @@ def main(argv=None) -> dict:
                               "loss_first_last_20": [sum(curve[:20]) / 20, sum(curve[-20:]) / 20] if curve else None}
         print(f"highlight: {v}: pooled F1 {out['variants'][v]['f1_pooled']:.3f} {out['variants'][v]['f1']} "
               f"(train {train_s:.0f}s)", flush=True)
-    out["contrasts"] = {}
-    for a, b in [(a, b) for a, b in CONTRASTS if {a, b} <= set(out["variants"])]:
-        d: dict[str, list[float]] = {}
-        c: dict[str, list[str]] = {}
-        for r, x, y in zip(test, out["variants"][a]["per_question"], out["variants"][b]["per_question"]):
-            d.setdefault(r["dataset"], []).append(x - y)
-            c.setdefault(r["dataset"], []).append(r["title"])
-        out["contrasts"][f"{a} - {b}"] = {"pooled": paired_ci(d, clusters=c),
-                                          **{ds: paired_ci({ds: d[ds]}, clusters={ds: c[ds]}) for ds in sorted(d)}}
+    out["contrasts"] = contrasts(test, out["variants"], [(a, b) for a, b in CONTRASTS if {a, b} <= set(out["variants"])])
     dss = sorted({r["dataset"] for r in test})
     lines = [f"# The sender's rating as a learned channel ({args.slot}, M = {args.M})", "",
              f"`python bench/highlight.py --slot {args.slot} --n {args.n} --M {args.M} --train {args.train} "
@@ -228,10 +214,7 @@ def main(argv=None) -> dict:
     for v, res in out["variants"].items():
         lines.append(f"| {v} | " + " | ".join(f"{res['f1'][d]:.3f}" for d in dss)
                      + f" | **{res['f1_pooled']:.3f}** | {res['train_s']} |")
-    lines += ["", "Paired F1 differences, 95 % CI resampling whole titles:", "",
-              "| contrast | " + " | ".join(dss) + " | pooled |", "|---|" + "---|" * (len(dss) + 1)]
-    for name, res in out["contrasts"].items():
-        lines.append(f"| {name} | " + " | ".join(ci(res[d]) for d in dss) + f" | {ci(res['pooled'])} |")
+    lines += ["", "Paired F1 differences, 95 % CI resampling whole titles:", "", *contrast_table(out["contrasts"], dss)]
     write_text(args.out, "\n".join(lines) + "\n")
     write_text(Path(args.out).with_suffix(".json"), json.dumps(out, indent=2) + "\n")
     return out

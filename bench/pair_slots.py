@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -48,21 +47,21 @@ from latentwire.config import load_params
 from latentwire.io import read_jsonl, write_text
 from latentwire.llm import load_frozen
 from latentwire.receiver import Receiver
-from latentwire.sender import Sender, is_pick_dev
+from latentwire.sender import Sender
 from latentwire.stats import paired_ci
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the pooled layout and scoring: bench/pool_probe.py's
 from ledger import ci  # noqa: E402
-from pool_probe import f1_table, held_out, positions, read, soft  # noqa: E402
+from pool_probe import f1_table, positions, read, soft, split  # noqa: E402
 
 VARIANTS = ("tokens_M", "tokens_2M", "pair_mean", "pair_learned")
 CONTRASTS = (("pair_learned", "pair_mean"), ("pair_learned", "tokens_M"), ("tokens_2M", "tokens_M"))
 
 
-def contrasts(test: list[dict], variants: dict) -> dict:
+def contrasts(test: list[dict], variants: dict, pairs=CONTRASTS) -> dict:
     """F1 of a minus b on the same questions, per dataset and pooled, 95 % CI resampling whole titles."""
     out = {}
-    for a, b in CONTRASTS:
+    for a, b in pairs:
         d: dict[str, list[float]] = {}
         c: dict[str, list[str]] = {}
         for r, x, y in zip(test, variants[a]["per_question"], variants[b]["per_question"]):
@@ -71,6 +70,14 @@ def contrasts(test: list[dict], variants: dict) -> dict:
         out[f"{a} - {b}"] = {"pooled": paired_ci(d, clusters=c),
                              **{ds: paired_ci({ds: d[ds]}, clusters={ds: c[ds]}) for ds in sorted(d)}}
     return out
+
+
+def contrast_table(contrasts: dict, datasets: list[str]) -> list[str]:
+    """The markdown rows of `contrasts`' output: each contrast per dataset and pooled."""
+    lines = ["| contrast | " + " | ".join(datasets) + " | pooled |", "|---|" + "---|" * (len(datasets) + 1)]
+    for name, res in contrasts.items():
+        lines.append(f"| {name} | " + " | ".join(ci(res[d]) for d in datasets) + f" | {ci(res['pooled'])} |")
+    return lines
 
 
 class PairPooler(torch.nn.Module):
@@ -161,11 +168,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     params = load_params(args.params)
     sender = Sender.load(params, args.pick, args.M)
-    pool = read_jsonl(args.pool)
-    test = held_out(pool, args.n)
-    train = [r for r in pool if not is_pick_dev(r)]
-    random.Random(0).shuffle(train)
-    train = train[:args.train]
+    test, train = split(read_jsonl(args.pool), args.n, args.train)
     llm = load_frozen(args.slot, params.models[args.slot], params.prompt, params.cache_dir)
     table, _ = string_table(sender.tokenizer, llm)
     pooler = PairPooler(table.shape[1], args.rank)
@@ -219,9 +222,7 @@ def main(argv=None) -> dict:
              f"Relative state error on the first train batch: {start:.4f} at the start, {end:.4f} trained. "
              "See the script's docstring.", "", *f1_table(out["variants"], dss)]
     lines += ["", "Paired F1 differences on the same questions, 95 % CI resampling whole titles:", "",
-              "| contrast | " + " | ".join(dss) + " | pooled |", "|---|" + "---|" * (len(dss) + 1)]
-    for name, res in out["contrasts"].items():
-        lines.append(f"| {name} | " + " | ".join(ci(res[d]) for d in dss) + f" | {ci(res['pooled'])} |")
+              *contrast_table(out["contrasts"], dss)]
     write_text(args.out, "\n".join(lines) + "\n")
     write_text(Path(args.out).with_suffix(".json"), json.dumps(out, indent=2) + "\n")
     return out

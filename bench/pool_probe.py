@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
@@ -69,6 +70,14 @@ def held_out(pool: list[dict], n: int) -> list[dict]:
         if is_pick_dev(r) and len(by.setdefault(r["dataset"], [])) < n:
             by[r["dataset"]].append(r)
     return [r for ds in sorted(by) for r in by[ds]]
+
+
+def split(pool: list[dict], n: int, n_train: int) -> tuple[list[dict], list[dict]]:
+    """held_out(pool, n) to test on, and n_train rows of the pool's train part (never its held-out
+    tenth, never the eval mix) in a seeded shuffle, to train on."""
+    train = [r for r in pool if not is_pick_dev(r)]
+    random.Random(0).shuffle(train)
+    return held_out(pool, n), train[:n_train]
 
 
 def read(rec: Receiver, rows: list[dict], pos: list[list[list[int]]], softs: list[torch.Tensor],
