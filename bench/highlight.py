@@ -29,10 +29,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
 
+from latentwire import pick
 from latentwire.adapter import TokenAdapter, receiver_tokens
 from latentwire.config import load_params
 from latentwire.io import read_jsonl, write_text
@@ -60,16 +62,9 @@ def buckets_of(p: torch.Tensor, edges: list[float]) -> list[int]:
 def sent(sender: Sender, row: dict, M: int, edges: list[float]) -> tuple[list[int], list[int]]:
     """The picked ids and each one's rating bucket (the pick's answer probability; a separator 0)."""
     picked = sender.pick(row["question"], row["context"], M)
-    p = torch.sigmoid(sender.model.logits(picked.read)[:, 0])
-    ids, rating = [], []
-    for k, (a, b) in enumerate(picked.spans):
-        if k and picked.spans[k - 1][1] < a:
-            ids.append(sender.sep_id)
-            rating.append(0)
-        ids += picked.read.ids[a:b]
-        rating += buckets_of(p[a:b], edges)
-    assert ids == picked.ids
-    return ids, rating
+    buckets = buckets_of(torch.sigmoid(sender.model.logits(picked.read)[:, 0]), edges)
+    rating = pick.picked_ids(SimpleNamespace(ids=buckets), picked.spans, 0)  # the ids' layout, separators 0
+    return picked.ids, rating
 
 
 def receiver_ratings(sender: Sender, llm, ids: list[int], rating: list[int]) -> tuple[list[int], list[int]]:
