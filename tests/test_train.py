@@ -199,3 +199,66 @@ def test_state_saved_by_other_code_is_not_resumed(project, monkeypatch):
     key = train.run_key(params, "stage1", None, {"llama": "k"})
     monkeypatch.setattr(train, "package_sha256", lambda: "other code")
     assert train.run_key(params, "stage1", None, {"llama": "k"}) != key
+
+
+def test_stage_trains_its_slots_on_pool_rows(project, monkeypatch):
+    """<stage>.slots: a slot left out keeps the previous stage's adapter (no gradient, no weight
+    decay) and is not validated; <stage>.pool_rows: rows of the pool's train part join the train
+    rows, CE only (answers[0] + eos, no KD term), never a train-mix row or the pick's dev tenth."""
+    from safetensors.torch import load_file
+    from latentwire.adapter import resize_rows
+    from latentwire.sender import is_pick_dev
+    monkeypatch.chdir(project)
+    pool = rows(12, "squad")[:4] + [dict(r, id=f"pool-{i}", title=f"p{i}") for i, r in enumerate(rows(30, "nq"))]
+    (project / "data/mix/pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool))
+    usable = [r for r in pool[4:] if not is_pick_dev(r)]
+    assert 8 <= len(usable) < 30  # the fixture's titles hold some pick-dev rows: they must stay out
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["stage2"].update(slots=["llama"], pool_rows=8, kd=1.0, ce=1.0)
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
+    run_stage(project, "stage1", monkeypatch)
+    m2 = run_stage(project, "stage2", monkeypatch)
+    assert m2["train_examples"] == 16 + 8 and m2["pool_rows"] == 8 and m2["slots"] == ["llama"]
+    assert m2["steps"] == 6  # 24 rows / batch 4
+    curve = (project / "metrics/train/stage2_curve.csv").read_text().splitlines()[0].split(",")
+    assert "llama/ce" in curve and not [c for c in curve if c.startswith("qwen/")]
+    before = load_file(project / "models/stage1/best/model.safetensors")
+    after = load_file(project / "models/stage2/last/model.safetensors")
+    same = {k: torch.equal(v, resize_rows(before[k], 6) if k.endswith(".pos") else before[k])
+            for k, v in after.items() if k in before}
+    # qwen: stage1's weights (its slot positions resized to M = 6), untouched; llama: trained
+    qwen, llama = [k for k in same if ".qwen." in k], [k for k in same if ".llama." in k]
+    assert qwen and all(same[k] for k in qwen)
+    assert llama and not all(same[k] for k in llama)
+
+    st = train.Stage(load_params("params.yaml"), "stage2", project)
+    drawn = {r["id"] for r in st.pool_rows}
+    assert drawn <= {r["id"] for r in usable} and len(drawn) == 8  # no mix row, no pick-dev row
+    batch = [st.pool_rows[0], st.train_rows[0]]
+    t = st.targets("llama", batch)
+    tok = st.llms["llama"].tokenizer
+    want = kd.answer_tokens(tok, batch[0]["answers"][0], 3)
+    assert t["has_kd"].tolist() == [False, True]
+    assert t["answer_ids"][0, :len(want)].tolist() == want and t["answer_mask"][0].sum() == len(want)
+    # a pool row's loss is its CE alone: the KD term sees only rows with a teacher
+    logits = torch.randn(2, 3, len(tok))
+    logs: dict = {}
+    sc = st.sc
+    whole = st.slot_loss("llama", logits, t, logs)
+    only_pool = st.slot_loss("llama", logits[:1], {k: v[:1] for k, v in t.items()}, {})
+    ce0 = train.ce_loss(logits[:1], t["answer_ids"][:1], t["answer_mask"][:1]).mean()
+    assert only_pool.item() == pytest.approx(sc.ce * ce0.item(), rel=1e-5)
+    assert whole.item() > sc.ce * train.ce_loss(logits, t["answer_ids"], t["answer_mask"]).mean().item()
+
+
+def test_stage_slots_and_pool_rows_are_checked(tmp_path):
+    from latentwire.config import ConfigError
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["stage3"]["slots"] = ["gemma"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"stage3.slots: no such model slot 'gemma'"):
+        load_params(tmp_path / "p.yaml")
+    (tmp_path / "pool.jsonl").write_text(json.dumps(rows(1, "nq")[0]) + "\n")
+    with pytest.raises(ValueError, match=r"pool.jsonl: pool_rows = 5, but only [01] rows"):
+        train.pool_sample(tmp_path / "pool.jsonl", 5, 0, set())

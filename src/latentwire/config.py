@@ -230,10 +230,15 @@ class StageConfig:
     K: int = 2                       # first answer tokens in the loss; adaptive K ramps it to kd.K_max
     kd: float = 1.0                  # loss weights; 0 switches a loss off
     ce: float = 0.0
+    slots: list[str] | None = None   # the model slots this stage trains (null: every one); the others
+                                     # keep the previous stage's adapter and cost no forward pass
+    pool_rows: int = 0               # + this many rows of data/mix/pool.jsonl's train part, CE only (no KD target)
 
     def __post_init__(self):
-        if self.M < 1 or self.epochs < 0 or self.K < 1:
-            raise ConfigError("M >= 1, K >= 1 and epochs >= 0")
+        if self.M < 1 or self.epochs < 0 or self.K < 1 or self.pool_rows < 0:
+            raise ConfigError("M >= 1, K >= 1, epochs >= 0 and pool_rows >= 0")
+        if self.slots is not None and not self.slots:
+            raise ConfigError("slots: at least one model slot, or null for every one")
         if self.M > 255:
             raise ConfigError(f"M = {self.M}: at most 255 slots (the payload header stores n in one byte)")
 
@@ -271,7 +276,8 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     stage1: StageConfig = field(default_factory=lambda: StageConfig(M=64, kd=1.0, ce=0.0))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(M=48, kd=1.0, ce=1.0))
-    stage3: StageConfig = field(default_factory=lambda: StageConfig(M=32, kd=1.0, ce=1.0))
+    stage3: StageConfig = field(default_factory=lambda: StageConfig(M=32, K=6, kd=1.0, ce=1.0, slots=["llama"],
+                                                                    pool_rows=464))
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def positions(self, dataset: str | None, M: int | None = None) -> int:
@@ -289,6 +295,10 @@ class Params:
             for slot in getattr(self, key):
                 if slot not in self.models:
                     raise ConfigError(f"{key}.{slot}: no such model slot {list(self.models)}")
+        for name in ("stage1", "stage2", "stage3"):
+            for slot in getattr(self, name).slots or []:
+                if slot not in self.models:
+                    raise ConfigError(f"{name}.slots: no such model slot {slot!r} {list(self.models)}")
         own_M = [n for n, d in self.data.datasets.items() if d.M is not None]
         if self.encoder.kind != "ids" and own_M:
             raise ConfigError(f"data.datasets.{own_M[0]}.M: a dataset's own M needs encoder.kind ids "

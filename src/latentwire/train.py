@@ -3,8 +3,10 @@
     python -m latentwire train stage2
 
 stage1 starts from scratch; stageN starts from models/stage{N-1}/best (resized to this
-stage's M). Every optimiser step trains the one encoder on every model slot (losses summed
-with train.model_weights). The stage writes models/<stage>/{best,last}/ (safetensors +
+stage's M). Every optimiser step trains the one encoder on the stage's model slots (<stage>.slots,
+default every one; losses summed with train.model_weights); a slot left out keeps the previous
+stage's adapter and costs no forward pass. The rows are the train mix (KD + CE) plus
+<stage>.pool_rows rows of the pick's train-split pool, which have no KD target (CE only). The stage writes models/<stage>/{best,last}/ (safetensors +
 meta.json) and metrics/train/<stage>.json + a per-step curve CSV for `dvc plots`; the same
 steps go to dvclive/<stage>/ (dvclive; it never writes a dvc.yaml or saves an experiment).
 A killed stage resumes from models/<stage>/last when rerun with the same params; SIGTERM or
@@ -41,11 +43,12 @@ from .config import Params, load_params, sender_params
 from .data import split_dev
 from .io import (atomic_dir, atomic_path, package_sha256, peak_rss_mb, read_jsonl, restore_dir, sha256_of,
                  write_json, write_text)
-from .kd import cache_key, load_cache, teacher_hash
+from .kd import answer_tokens, cache_key, load_cache, teacher_hash
 from .latent import LatentWire
 from .llm import load_frozen
 from .losses import ce_loss, first_token_correct, hard_negative_weights, kd_loss, teacher_entropy
 from .receiver import Receiver
+from .sender import is_pick_dev
 from .signals import StopRequest, stop_requests
 
 PREVIOUS = {"stage1": None, "stage2": "stage1", "stage3": "stage2"}
@@ -66,6 +69,19 @@ def balanced_batches(rows: list[dict], batch_size: int, seed: int) -> list[list[
             if q:
                 order.append(q.pop())
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pool_sample(path: Path, n: int, seed: int, exclude: set[str]) -> list[dict]:
+    """n rows of the pick's train-split pool in a seeded shuffle: never its held-out tenth (the
+    pool benches test there), never a train-mix row, never an eval title (the pool has none)."""
+    if n == 0:
+        return []
+    rows = sorted((r for r in read_jsonl(path) if not is_pick_dev(r) and r["id"] not in exclude),
+                  key=lambda r: r["id"])
+    if len(rows) < n:
+        raise ValueError(f"{path}: pool_rows = {n}, but only {len(rows)} rows of its train part can be used")
+    random.Random(seed).shuffle(rows)
+    return rows[:n]
 
 
 def log_live(live, row: dict) -> None:
@@ -140,14 +156,19 @@ class Stage:
         self.sc, self.out = params.stage(stage), root / "models" / stage
         set_deterministic(params.train.deterministic)
         torch.manual_seed(params.seed)
-        self.train_rows, self.dev_rows = split_dev(read_jsonl(root / "data/mix/train.jsonl"),
-                                                   params.train.dev_examples, params.seed)
+        mix = read_jsonl(root / "data/mix/train.jsonl")
+        self.train_rows, self.dev_rows = split_dev(mix, params.train.dev_examples, params.seed)
+        self.pool_rows = pool_sample(root / "data/mix/pool.jsonl", self.sc.pool_rows, params.seed,
+                                     {r["id"] for r in mix})
+        self.train_rows += self.pool_rows
+        self.ce_only = {r["id"] for r in self.pool_rows}  # no teacher entry: CE on answers[0] + eos
         # one process, or one rank of `accelerate launch` (launch.py): each rank takes its share
         # of every micro-batch; the scheduler steps once per optimiser step on every rank
         self.acc = Accelerator(step_scheduler_with_optimizer=False)
         self.resolved = dataclasses.asdict(params)  # before an out-of-memory retry changes the batch
         self.llms, self.placement = load_models(params)
-        self.receivers = {s: Receiver(llm) for s, llm in self.llms.items()}
+        self.slots = self.sc.slots or list(self.llms)  # the slots this stage trains (and validates)
+        self.receivers = {s: Receiver(llm) for s, llm in self.llms.items() if s in self.slots}
         self.kd, keys, self.teacher_hash = load_teachers(params, self.llms, root)
         self.model = LatentWire(params, self.sc.M, self.llms, pick_dir=root / "models" / "pick")
         prev = PREVIOUS[stage]
@@ -164,13 +185,24 @@ class Stage:
 
     # ------------------------------------------------------------ data -> tensors
     def targets(self, slot: str, rows: list[dict]):
+        """The rows' KD cache entries; a pool row (CE only) gets its answer tokens and has_kd False."""
         index, cache = self.kd[slot]
-        missing = [r["id"] for r in rows if r["id"] not in index]
+        missing = [r["id"] for r in rows if r["id"] not in index and r["id"] not in self.ce_only]
         if missing:
             raise ValueError(f"data/kd/{slot}.safetensors: no teacher entry for ids {missing[:3]}: "
                              "rerun teacher-kd-cache")
-        idx = torch.tensor([index[r["id"]] for r in rows])
-        return {k: cache[k][idx] for k in ("top_idx", "top_logp", "answer_ids", "answer_mask")}
+        has = torch.tensor([r["id"] in index for r in rows])
+        idx = torch.tensor([index.get(r["id"], 0) for r in rows])
+        t = {k: cache[k][idx].clone() for k in ("top_idx", "top_logp", "answer_ids", "answer_mask")}
+        tok, K = self.llms[slot].tokenizer, t["answer_ids"].shape[1]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id  # as kd.py pads
+        for j in (~has).nonzero().flatten().tolist():
+            a = answer_tokens(tok, rows[j]["answers"][0], K)
+            t["answer_ids"][j], t["answer_mask"][j] = pad, False
+            t["answer_ids"][j, :len(a)], t["answer_mask"][j, :len(a)] = torch.tensor(a), True
+            t["top_idx"][j], t["top_logp"][j] = 0, 0.0
+        t["has_kd"] = has
+        return t
 
     def slot_loss(self, slot: str, logits, t: dict, logs: dict) -> torch.Tensor:
         """KD (hard-negative weighted) + CE for one model slot; its numbers go to `logs`."""
@@ -178,12 +210,14 @@ class Stage:
         kd = kd_loss(logits, t["top_idx"].long(), t["top_logp"].float(), t["answer_mask"], p.kd.tau)
         ce = ce_loss(logits, t["answer_ids"], t["answer_mask"])
         first = first_token_correct(logits, t["answer_ids"])
-        w = (hard_negative_weights(first, teacher_entropy(t["top_logp"].float(), t["answer_mask"]),
+        has = t["has_kd"].to(kd.dtype)  # a pool row has no teacher: its KD term is zero
+        w = (hard_negative_weights(first, teacher_entropy(t["top_logp"].float(), t["answer_mask"]) * has,
                                    math.log(p.kd.k + 1)) if p.train.hard_negative
              else torch.ones_like(kd))
-        logs.update({f"{slot}/kd": kd.mean().item(), f"{slot}/ce": ce.mean().item(),
-                     f"{slot}/first_acc": first.mean().item()})
-        return p.train.model_weights.get(slot, 1.0) * (sc.kd * (w * kd).mean() + sc.ce * ce.mean())
+        logs.update({f"{slot}/ce": ce.mean().item(), f"{slot}/first_acc": first.mean().item()})
+        if has.any():
+            logs[f"{slot}/kd"] = (kd * has).sum().item() / has.sum().item()
+        return p.train.model_weights.get(slot, 1.0) * (sc.kd * (w * kd * has).mean() + sc.ce * ce.mean())
 
     def losses(self, rows: list[dict], K: int) -> tuple[torch.Tensor, dict]:
         """Summed loss over model slots and the per-slot numbers for the curves: each model reads
@@ -194,7 +228,7 @@ class Stage:
             t = self.targets(slot, rows)
             rests = [rec.rest(s, r["question"]) for s, r in zip(softs[slot], rows)]
             logits = rec.answer_logits(rests, t["answer_ids"][:, :K])
-            t = {k: v[:, :K].to(logits.device) for k, v in t.items()}
+            t = {k: (v if k == "has_kd" else v[:, :K]).to(logits.device) for k, v in t.items()}
             total = total + self.slot_loss(slot, logits, t, logs)
         return total, logs
 
@@ -209,7 +243,7 @@ class Stage:
             for k, v in {"loss": loss.item(), **logs}.items():
                 agg[k] = agg.get(k, 0.0) + v * len(rows) / len(self.dev_rows)
         self.model.train()
-        agg["first_acc"] = sum(agg[f"{s}/first_acc"] for s in self.llms) / len(self.llms)
+        agg["first_acc"] = sum(agg[f"{s}/first_acc"] for s in self.slots) / len(self.slots)
         return agg
 
     def adapt_K(self, dev_acc: float) -> None:
@@ -395,7 +429,8 @@ def main(stage: str, params_path: str = "params.yaml", root: str = ".") -> dict:
                "final": {k: v for k, v in (st.curve[-1] if st.curve else {}).items()},
                "K_schedule": [{"step": r["step"], "K": r["K"]} for r in st.curve
                               if r is st.curve[0] or r["K"] != st.curve[st.curve.index(r) - 1]["K"]],
-               "train_examples": len(st.train_rows), "dev_examples": len(st.dev_rows),
+               "train_examples": len(st.train_rows), "pool_rows": len(st.pool_rows), "slots": st.slots,
+               "dev_examples": len(st.dev_rows),
                "events": st.events, "wall_s": round(time.time() - t0, 1), "peak_rss_mb": peak_rss_mb(),
                "run": run_info(st, root)}
     cols = sorted({k for r in st.curve for k in r}, key=lambda k: (k != "step", k))
