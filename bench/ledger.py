@@ -74,9 +74,12 @@ LEVERS = {  # the receiver's own parts first: they need no training
     "learned_receiver": Lever("the learned receiver vs an untrained one (the default's checkpoint, each "
                               "adapter's correction and positions at zero)", "- (the seed's premise)",
                               zero=("pos", "delta")),
-    "trained_steps": Lever("the curriculum's last step (stage3's 12 steps from the dev-chosen start, "
-                           "models/stage3/last) vs the dev-chosen best checkpoint", "- (the seed's premise)",
+    "trained_steps": Lever("the curriculum's last step (stage3's final step, models/stage3/last) vs the "
+                           "dev-chosen best checkpoint", "- (the seed's premise)",
                            added=True, checkpoint="models/stage3/last"),
+    "receiver_ce": Lever("stage3 trains SmolLM2's receiver alone on 464 CE-only pool rows + the mix, K 6 (70 steps) "
+                         "vs stage3 as before: both receivers, the mix's 96 rows, K 2 (12 steps)", "- (issue 22)",
+                         {"stage3.slots": None, "stage3.pool_rows": 0, "stage3.K": 2}),
     "curriculum": Lever("3-phase curriculum (KD @ M=64 -> KD+CE @ 48 -> KD+CE @ 32) vs stage3 alone",
                         "+0.03 to +0.04", {"stage1.epochs": 0, "stage2.epochs": 0}),
     "adaptive_K": Lever("adaptive K (dev first-token accuracy raises K) vs K fixed at 2",

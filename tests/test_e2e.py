@@ -39,6 +39,7 @@ def project(tmp_path_factory, shared_data):
     raw["bytes"].update(d_z=64, layers=2, heads=2, max_bytes=256)
     raw["kd"].update(k=8, K_max=3, batch_size=4)
     raw["train"].update(batch_size=4, dev_examples=4, eval_every=1, save_every=1, max_steps=2)
+    raw["stage3"].update(pool_rows=8)  # CE-only pool rows, as the default's stage3 (of a 200-row pool)
     raw["evaluate"].update(max_new_tokens=4, batch_size=4)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     sh(root, "git", "init", "-q")
