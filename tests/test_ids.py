@@ -532,3 +532,34 @@ def test_the_features_cache_is_hit_and_keyed_on_what_it_reads(project, trained, 
     assert run({**base, "pick": {**base["pick"], "max_tokens": 64}}, pool) == [40]
     assert run(base, fewer) == [39]
     assert run({**base, "ids": {"feature_model": "qwen"}}, pool) == [40]  # its own vocabulary
+
+
+def test_receiver_parts_benchmark_zeroes_each_part_of_the_trained_adapter(project, trained, tmp_path):
+    """bench/receiver_parts.py must not rot: each variant holds the checkpoint's adapter with
+    exactly the parts it names at zero (untrained: the picked text's own embeddings), and the run
+    reads every variant on the held-out pool rows."""
+    from safetensors.torch import load_file
+
+    rp = bench("receiver_parts")
+    p = load_params(project / "params.yaml")
+    state = load_file(project / "models/stage3/best/model.safetensors")
+    want = {k.removeprefix("codec.adapters.qwen."): v for k, v in state.items() if ".qwen." in k}
+    E, ids = torch.randn(50, want["pos"].shape[1]), [5, 9, 11]
+    assert want["pos"].any() and want["delta.2.weight"].any()  # trained: both parts moved
+    for v, zero in rp.VARIANTS.items():
+        reader = rp.reader_from(state, "qwen", E, 8, p.train.adapter_rank, zero)
+        got = reader.adapter.state_dict()
+        assert got["pos"].any() == ("pos" not in zero) and got["delta.2.weight"].any() == ("delta" not in zero)
+        assert torch.equal(got["delta.0.weight"], want["delta.0.weight"])  # the first layer is kept
+        if v == "untrained":
+            assert torch.equal(reader(ids, [0, 0, 0]), E[ids])
+    with pytest.raises(ValueError, match="no adapter for slot 'gemma'"):
+        rp.reader_from(state, "gemma", E, 8, p.train.adapter_rank, ())
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows(60, "squad", 100) + rows(60, "nq", 300)))
+    out = tmp_path / "rp.md"
+    r = rp.main(["--params", str(project / "params.yaml"), "--pool", str(pool), "--pick", str(project / "models/pick"),
+                 "--checkpoint", str(project / "models/stage3/best"), "--slot", "qwen", "--n", "3", "--M", "8",
+                 "--out", str(out)])
+    assert r["n"] == 6 and set(r["variants"]) == set(rp.VARIANTS) and len(r["contrasts"]) == len(rp.CONTRASTS)
+    assert "| pos_only |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r

@@ -40,10 +40,15 @@ def tiny(tmp_path_factory):
     return {kind: make_tiny(kind, root / kind) for kind in ("llama", "qwen2")}
 
 
-def setup(tmp_path: Path, tiny, teachers=None, rows=ROWS, k=K, batch_tokens=1400) -> tuple[Path, Path]:
+def setup(tmp_path: Path, tiny, teachers=None, rows=ROWS, k=K, batch_tokens=1400, slots="every") -> tuple[Path, Path]:
+    """A params file over both tiny models; slots: what every stage trains ("every": null, both
+    slots get a cache; "default": params.yaml's own stageN.slots)."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["models"] = {"llama": {"source": "local", "path": str(tiny["llama"])},
                      "qwen": {"source": "local", "path": str(tiny["qwen2"])}}
+    if slots != "default":
+        for stage in ("stage1", "stage2", "stage3"):
+            raw[stage]["slots"] = None if slots == "every" else slots
     raw["teachers"] = teachers or {}
     raw["kd"] = {"k": k, "K_max": K_MAX, "batch_size": 3, "batch_tokens": batch_tokens}
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -127,6 +132,23 @@ def test_rerun_reuses_and_changes_rebuild(tmp_path, tiny, capsys):
     moved = kd.main(str(params_path), str(train), str(out_dir))
     assert not moved["llama"]["reused"] and moved["llama"]["key"] != rebuilt["llama"]["key"]
     assert len(kd.load_cache(path)["ids"]) == 3
+
+
+def test_only_a_slot_some_stage_trains_gets_a_cache(tmp_path, tiny, capsys):
+    """The default trains SmolLM2's receiver alone (stageN.slots [llama]): no Qwen cache is built,
+    and one stage that trains Qwen is enough for it to get one."""
+    params_path, train = setup(tmp_path, tiny, slots="default")
+    assert load_params(params_path).trained_slots() == ["llama"]
+    out = kd.main(str(params_path), str(train), str(tmp_path / "kd"))
+    assert list(out) == ["llama"] and not (tmp_path / "kd" / "qwen.safetensors").exists()
+    assert "qwen: no stage trains it" in capsys.readouterr().out
+    raw = yaml.safe_load(params_path.read_text())
+    raw["stage2"]["slots"] = ["qwen"]
+    params_path.write_text(yaml.safe_dump(raw))
+    assert load_params(params_path).trained_slots() == ["llama", "qwen"]
+    out = kd.main(str(params_path), str(train), str(tmp_path / "kd"))
+    assert out["llama"]["reused"] and not out["qwen"]["reused"]
+    assert len(kd.load_cache(tmp_path / "kd" / "qwen.safetensors")["ids"]) == len(ROWS)
 
 
 def test_load_cache_refuses_truncated_and_stale(tmp_path, tiny):

@@ -252,6 +252,33 @@ def test_stage_trains_its_slots_on_pool_rows(project, monkeypatch):
     assert whole.item() > sc.ce * train.ce_loss(logits, t["answer_ids"], t["answer_mask"]).mean().item()
 
 
+def test_a_receiver_no_stage_trains_needs_no_kd_cache(project, monkeypatch):
+    """The default's curriculum trains SmolLM2's receiver alone: teacher-kd-cache builds no Qwen
+    cache, every stage trains without one, and Qwen's adapter stays at its start (the correction's
+    last layer and the slot positions at zero: the picked text's own embeddings)."""
+    from safetensors.torch import load_file
+    monkeypatch.chdir(project)
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    for stage in ("stage1", "stage2", "stage3"):
+        raw[stage]["slots"] = ["llama"]
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert list(kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")) == ["llama"]
+    assert not (project / "data/kd/qwen.safetensors").exists()
+    for stage in ("stage1", "stage2", "stage3"):
+        assert run_stage(project, stage, monkeypatch)["slots"] == ["llama"]
+    w = load_file(project / "models/stage3/best/model.safetensors")
+    qwen = {k: v for k, v in w.items() if ".qwen." in k}
+    llama = {k: v for k, v in w.items() if ".llama." in k}
+    if raw["encoder"]["kind"] == "ids":
+        assert qwen and all(not v.any() for k, v in qwen.items() if k.endswith(".pos") or ".delta.2." in k)
+        assert any(v.any() for k, v in llama.items() if k.endswith(".pos") or ".delta.2." in k)
+    # a stage told to train Qwen without its cache says which file to build
+    raw["stage3"]["slots"] = None
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"qwen\.safetensors"):
+        run_stage(project, "stage3", monkeypatch)
+
+
 def test_stage_slots_and_pool_rows_are_checked(tmp_path):
     from latentwire.config import ConfigError
     raw = yaml.safe_load((REPO / "params.yaml").read_text())

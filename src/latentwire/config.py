@@ -274,10 +274,10 @@ class Params:
     teacher_device_map: dict[str, str] = field(default_factory=dict)
     kd: KDConfig = field(default_factory=KDConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    stage1: StageConfig = field(default_factory=lambda: StageConfig(M=64, kd=1.0, ce=0.0))
-    stage2: StageConfig = field(default_factory=lambda: StageConfig(M=48, kd=1.0, ce=1.0))
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(M=64, kd=1.0, ce=0.0, slots=["llama"]))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(M=48, kd=1.0, ce=1.0, slots=["llama"]))
     stage3: StageConfig = field(default_factory=lambda: StageConfig(M=32, K=6, kd=1.0, ce=1.0, slots=["llama"],
-                                                                    pool_rows=464))
+                                                                    pool_rows=1104))
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def positions(self, dataset: str | None, M: int | None = None) -> int:
@@ -306,6 +306,12 @@ class Params:
         if self.encoder.kind == "ids" and self.ids.feature_model not in self.models:
             raise ConfigError(f"ids.feature_model: no such model slot "
                               f"{self.ids.feature_model!r} {list(self.models)}")
+
+    def trained_slots(self) -> list[str]:
+        """The model slots some curriculum stage trains (in models' order): the ones that need a KD
+        cache (teacher-kd-cache builds no other)."""
+        named = [set(s.slots or self.models) for s in (self.stage1, self.stage2, self.stage3)]
+        return [s for s in self.models if any(s in n for n in named)]
 
     def stage(self, name: str) -> StageConfig:
         if name not in ("stage1", "stage2", "stage3"):

@@ -25,7 +25,8 @@ All teachers of a slot are held in memory at once, each on its own device (place
 is part of the cache key, so changing a teacher rebuilds the cache; it is written to
 data/kd/<slot>.json and to metrics/train/<stage>.json (run.teacher_hash).
 
-Output per slot: data/kd/<slot>.safetensors with
+Output per slot that some curriculum stage trains (`Params.trained_slots`: stageN.slots; a slot
+no stage trains keeps its untrained adapter and needs no teacher): data/kd/<slot>.safetensors with
   top_idx     int32   [N, K_max, k]   token ids, best first
   top_logp    float32 [N, K_max, k]   their log-probs (rows past the answer are zeros)
   answer_ids  int64   [N, K_max]      the gold answer tokens, padded with the pad id
@@ -280,6 +281,9 @@ def main(params_path: str = "params.yaml", train_path: str = "data/mix/train.jso
     result = {}
     remove_temp_files(out_dir)  # a write SIGKILLed half-way leaves its temp file
     for slot, cfg in params.models.items():
+        if slot not in params.trained_slots():
+            print(f"teacher-kd-cache: {slot}: no stage trains it (stageN.slots): no cache")
+            continue
         # the student's tokenizer and template: cheap to load, and all the key needs
         tokenizer = AutoTokenizer.from_pretrained(model_folder(cfg, params.cache_dir))
         template = build_template(tokenizer, params.prompt)

@@ -5,10 +5,12 @@
 stage1 starts from scratch; stageN starts from models/stage{N-1}/best (resized to this
 stage's M). Every optimiser step trains the one encoder on the stage's model slots (<stage>.slots,
 default every one; losses summed with train.model_weights); a slot left out keeps the previous
-stage's adapter and costs no forward pass. The rows are the train mix (KD + CE) plus
-<stage>.pool_rows rows of the pick's train-split pool, which have no KD target (CE only). The stage writes models/<stage>/{best,last}/ (safetensors +
-meta.json) and metrics/train/<stage>.json + a per-step curve CSV for `dvc plots`; the same
-steps go to dvclive/<stage>/ (dvclive; it never writes a dvc.yaml or saves an experiment).
+stage's adapter and costs no forward pass (nor a KD cache: teacher-kd-cache builds one for a
+slot some stage trains). The rows are the train mix (KD + CE) plus <stage>.pool_rows rows of
+the pick's train-split pool, which have no KD target (CE only). The stage writes
+models/<stage>/{best,last}/ (safetensors + meta.json) and metrics/train/<stage>.json + a
+per-step curve CSV for `dvc plots`; the same steps go to dvclive/<stage>/ (dvclive; it never
+writes a dvc.yaml or saves an experiment).
 A killed stage resumes from models/<stage>/last when rerun with the same params; SIGTERM or
 SIGINT finishes the optimiser step, saves models/<stage>/last and exits with 143 / 130.
 
@@ -126,13 +128,18 @@ def load_models(params: Params):
     return llms, placement.describe(placed, llms)
 
 
-def load_teachers(params: Params, llms: dict, root: Path):
-    """Per slot the KD cache ({example id: row}, tensors), its cache key and the teacher hash."""
+def load_teachers(params: Params, llms: dict, root: Path, slots: list[str]):
+    """Per trained slot the KD cache ({example id: row}, tensors), its cache key and the teacher hash."""
     kd, keys, hashes = {}, {}, {}
-    for s, llm in llms.items():
+    for s in slots:
+        llm = llms[s]
         hashes[s] = teacher_hash(params, s, llm.template)
         keys[s] = cache_key(params, s, llm.template, root / "data/mix/train.jsonl", hashes[s])
-        cache = load_cache(root / "data/kd" / f"{s}.safetensors", keys[s])
+        path = root / "data/kd" / f"{s}.safetensors"
+        if not path.is_file():
+            raise ValueError(f"{path}: no KD cache for slot {s!r}, which this stage trains: rerun "
+                             "teacher-kd-cache with these params (it builds one for each slot a stage trains)")
+        cache = load_cache(path, keys[s])
         kd[s] = ({i: n for n, i in enumerate(cache["ids"])}, cache)
     return kd, keys, hashes
 
@@ -169,7 +176,7 @@ class Stage:
         self.llms, self.placement = load_models(params)
         self.slots = self.sc.slots or list(self.llms)  # the slots this stage trains (and validates)
         self.receivers = {s: Receiver(llm) for s, llm in self.llms.items() if s in self.slots}
-        self.kd, keys, self.teacher_hash = load_teachers(params, self.llms, root)
+        self.kd, keys, self.teacher_hash = load_teachers(params, self.llms, root, self.slots)
         self.model = LatentWire(params, self.sc.M, self.llms, pick_dir=root / "models" / "pick")
         prev = PREVIOUS[stage]
         self.prev_meta = self.model.load(root / "models" / prev / "best") if prev else None
