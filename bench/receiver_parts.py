@@ -11,6 +11,11 @@ made on the eval mix. Four readers of the same picked ids, greedy answers:
   - pos_only:    its positions, the correction at zero
   - delta_only:  its correction, the positions at zero
   - untrained:   both at zero (the picked text's own embeddings: ~ selected_text)
+With --text, two readers of the whole context instead of the picked ids, in the same template:
+  - text:          its own token embeddings (~ the full-text baseline)
+  - text_trained:  each token through the trained correction, e + delta(e) (no slot positions: the
+                   text is longer than M). text_trained - text is what the training does to a
+                   reader of the text: the answer's form, say, rather than anything the slots carry.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from latentwire.adapter import TokenAdapter, receiver_tokens
 from latentwire.config import load_params
 from latentwire.io import read_jsonl, write_text
 from latentwire.llm import load_frozen
+from latentwire.metrics import f1_score
 from latentwire.receiver import Receiver
 from latentwire.sender import Sender
 
@@ -39,6 +45,7 @@ from pool_probe import split  # noqa: E402
 VARIANTS = {"trained": (), "pos_only": ("delta",), "delta_only": ("pos",), "untrained": ("pos", "delta")}
 CONTRASTS = (("trained", "untrained"), ("pos_only", "untrained"), ("delta_only", "untrained"),
              ("pos_only", "trained"))
+TEXT_CONTRASTS = (("text_trained", "text"), ("trained", "text_trained"), ("trained", "text"))
 
 
 def reader_from(state: dict, slot: str, E: torch.Tensor, M: int, rank: int, zero: tuple[str, ...]) -> Reader:
@@ -64,6 +71,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--slot", default="qwen")
     ap.add_argument("--n", type=int, default=50, help="test questions per dataset")
     ap.add_argument("--M", type=int, default=32)
+    ap.add_argument("--text", action="store_true", help="also read the whole context, plain and through the correction")
     ap.add_argument("--out", default=None, help="default: bench/results/receiver_parts_<slot>.md")
     args = ap.parse_args(argv)
     out_path = args.out or f"bench/results/receiver_parts_{args.slot}.md"
@@ -91,10 +99,28 @@ def main(argv=None) -> dict:
                               "f1": {d: sum(x) / len(x) for d, x in f1.items()}, "wall_s": round(time.time() - t0)}
         print(f"receiver_parts: {v}: pooled F1 {out['variants'][v]['f1_pooled']:.3f} {out['variants'][v]['f1']}",
               flush=True)
-    out["contrasts"] = contrasts(test, out["variants"], CONTRASTS)
+    if args.text:
+        reader = reader_from(state, args.slot, E, args.M, params.train.adapter_rank, ())
+        ctx = [llm.tokenizer(" " + r["context"], add_special_tokens=False)["input_ids"] for r in test]
+        for v, through in (("text", False), ("text_trained", True)):
+            t0, per = time.time(), []
+            with torch.no_grad():
+                for i in range(0, len(test), 8):
+                    e = [E[torch.tensor(c)] for c in ctx[i:i + 8]]
+                    softs = [x + reader.adapter.delta(x) if through else x for x in e]
+                    preds = rec.answer(softs, [r["question"] for r in test[i:i + 8]], params.evaluate.max_new_tokens)
+                    per += [max(f1_score(p, a) for a in r["answers"]) for r, p in zip(test[i:i + 8], preds)]
+            f1 = {}
+            for r, x in zip(test, per):
+                f1.setdefault(r["dataset"], []).append(x)
+            out["variants"][v] = {"per_question": per, "f1_pooled": sum(per) / len(per),
+                                  "f1": {d: sum(x) / len(x) for d, x in f1.items()}, "wall_s": round(time.time() - t0)}
+            print(f"receiver_parts: {v}: pooled F1 {out['variants'][v]['f1_pooled']:.3f} {out['variants'][v]['f1']}",
+                  flush=True)
+    out["contrasts"] = contrasts(test, out["variants"], CONTRASTS + (TEXT_CONTRASTS if args.text else ()))
     dss = sorted({r["dataset"] for r in test})
     lines = [f"# The parts of the trained receiver ({args.slot}, M = {args.M}), on held-out pool questions", "",
-             f"`python bench/receiver_parts.py --slot {args.slot} --n {args.n} --M {args.M}` reads "
+             f"`python bench/receiver_parts.py --slot {args.slot} --n {args.n} --M {args.M}{' --text' * args.text}` reads "
              f"{args.checkpoint} with parts at zero: see the script's docstring.", "",
              "| variant | " + " | ".join(dss) + " | pooled |", "|---|" + "---|" * (len(dss) + 1)]
     for v, res in out["variants"].items():

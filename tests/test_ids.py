@@ -560,6 +560,7 @@ def test_receiver_parts_benchmark_zeroes_each_part_of_the_trained_adapter(projec
     out = tmp_path / "rp.md"
     r = rp.main(["--params", str(project / "params.yaml"), "--pool", str(pool), "--pick", str(project / "models/pick"),
                  "--checkpoint", str(project / "models/stage3/best"), "--slot", "qwen", "--n", "3", "--M", "8",
-                 "--out", str(out)])
-    assert r["n"] == 6 and set(r["variants"]) == set(rp.VARIANTS) and len(r["contrasts"]) == len(rp.CONTRASTS)
+                 "--text", "--out", str(out)])
+    assert r["n"] == 6 and set(r["variants"]) == set(rp.VARIANTS) | {"text", "text_trained"}
+    assert len(r["contrasts"]) == len(rp.CONTRASTS) + len(rp.TEXT_CONTRASTS)
     assert "| pos_only |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
