@@ -62,6 +62,17 @@ def reader_from(state: dict, slot: str, E: torch.Tensor, M: int, rank: int, zero
     return reader.eval()
 
 
+def scored(test: list[dict], per: list[float], t0: float, name: str) -> dict:
+    """One variant's F1 per question, per dataset and pooled, and its wall time (printed as it lands)."""
+    f1: dict[str, list[float]] = {}
+    for r, x in zip(test, per):
+        f1.setdefault(r["dataset"], []).append(x)
+    res = {"per_question": per, "f1_pooled": sum(per) / len(per), "f1": {d: sum(x) / len(x) for d, x in f1.items()},
+           "wall_s": round(time.time() - t0)}
+    print(f"receiver_parts: {name}: pooled F1 {res['f1_pooled']:.3f} {res['f1']}", flush=True)
+    return res
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -91,14 +102,7 @@ def main(argv=None) -> dict:
     for v, zero in VARIANTS.items():
         reader = reader_from(state, args.slot, E, args.M, params.train.adapter_rank, zero)
         t0 = time.time()
-        per = answers(rec, reader, d_test, test, params.evaluate.max_new_tokens, 16)
-        f1: dict[str, list[float]] = {}
-        for r, x in zip(test, per):
-            f1.setdefault(r["dataset"], []).append(x)
-        out["variants"][v] = {"per_question": per, "f1_pooled": sum(per) / len(per),
-                              "f1": {d: sum(x) / len(x) for d, x in f1.items()}, "wall_s": round(time.time() - t0)}
-        print(f"receiver_parts: {v}: pooled F1 {out['variants'][v]['f1_pooled']:.3f} {out['variants'][v]['f1']}",
-              flush=True)
+        out["variants"][v] = scored(test, answers(rec, reader, d_test, test, params.evaluate.max_new_tokens, 16), t0, v)
     if args.text:
         reader = reader_from(state, args.slot, E, args.M, params.train.adapter_rank, ())
         ctx = [llm.tokenizer(" " + r["context"], add_special_tokens=False)["input_ids"] for r in test]
@@ -110,18 +114,12 @@ def main(argv=None) -> dict:
                     softs = [x + reader.adapter.delta(x) if through else x for x in e]
                     preds = rec.answer(softs, [r["question"] for r in test[i:i + 8]], params.evaluate.max_new_tokens)
                     per += [max(f1_score(p, a) for a in r["answers"]) for r, p in zip(test[i:i + 8], preds)]
-            f1 = {}
-            for r, x in zip(test, per):
-                f1.setdefault(r["dataset"], []).append(x)
-            out["variants"][v] = {"per_question": per, "f1_pooled": sum(per) / len(per),
-                                  "f1": {d: sum(x) / len(x) for d, x in f1.items()}, "wall_s": round(time.time() - t0)}
-            print(f"receiver_parts: {v}: pooled F1 {out['variants'][v]['f1_pooled']:.3f} {out['variants'][v]['f1']}",
-                  flush=True)
+            out["variants"][v] = scored(test, per, t0, v)
     out["contrasts"] = contrasts(test, out["variants"], CONTRASTS + (TEXT_CONTRASTS if args.text else ()))
     dss = sorted({r["dataset"] for r in test})
     lines = [f"# The parts of the trained receiver ({args.slot}, M = {args.M}), on held-out pool questions", "",
-             f"`python bench/receiver_parts.py --slot {args.slot} --n {args.n} --M {args.M}{' --text' * args.text}` reads "
-             f"{args.checkpoint} with parts at zero: see the script's docstring.", "",
+             f"`python bench/receiver_parts.py --slot {args.slot} --n {args.n} --M {args.M}"
+             f"{' --text' * args.text}` reads {args.checkpoint} with parts at zero: see the script's docstring.", "",
              "| variant | " + " | ".join(dss) + " | pooled |", "|---|" + "---|" * (len(dss) + 1)]
     for v, res in out["variants"].items():
         lines.append(f"| {v} | " + " | ".join(f"{res['f1'][d]:.3f}" for d in dss) + f" | **{res['f1_pooled']:.3f}** |")
