@@ -2,6 +2,7 @@
 (issue 22, "the learned part earns its place")
 
     python bench/highlight.py [--slot qwen] [--n 50] [--M 32] [--train 1200] [--steps 150]
+                              [--seed 0] [--whole-words]
 
 The latent and the selected_text baseline hand the receiver the same picked tokens, so a
 receiver adapter that only maps ids to embeddings can at best match the text (the ledger:
@@ -119,11 +120,11 @@ def answers(rec: Receiver, reader: Reader, data: list[tuple], rows: list[dict], 
 
 
 def train(rec: Receiver, reader: Reader, data: list[tuple], rows: list[dict], steps: int, batch: int,
-          lr: float, K: int) -> list[float]:
+          lr: float, K: int, seed: int = 0) -> list[float]:
     tok = rec.llm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     opt = torch.optim.AdamW([p for p in reader.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    g, curve = torch.Generator().manual_seed(0), []
+    g, curve = torch.Generator().manual_seed(seed), []
     bar = tqdm(range(steps), desc="train", unit="step", disable=None)
     for _ in bar:
         idx = torch.randint(len(rows), (batch,), generator=g).tolist()
@@ -158,11 +159,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--edges", type=float, nargs="+", default=[0.3, 0.6, 0.8],
                     help="answer-probability edges of the rating buckets (3 edges: 2 bits a token)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--seed", type=int, default=0, help="the adapters' start and the batches' draw")
+    ap.add_argument("--whole-words", action="store_true", help="spend the pick with pick.whole_words on")
     ap.add_argument("--out", default="bench/results/highlight.md")
     args = ap.parse_args(argv)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     params = load_params(args.params)
     sender = Sender.load(params, args.pick, args.M)
+    sender.whole_words = sender.whole_words or args.whole_words
     test, rows = split(read_jsonl(args.pool), args.n, args.train)
     t0 = time.time()
     s_train = [sent(sender, r, args.M, args.edges) for r in tqdm(rows, desc="pick train", disable=None)]
@@ -184,11 +188,11 @@ def main(argv=None) -> dict:
     K, out = params.kd.K_max, {"slot": args.slot, "M": args.M, "n": len(test), "train_rows": len(rows),
                                "steps": args.steps, "lr": lr, "edges": args.edges, "variants": {}}
     for v in args.variants:
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         reader = Reader(E, args.M, params.train.adapter_rank, len(args.edges) + 1, v.startswith("highlight"),
                         frozen=v == "highlight_only")
         t0 = time.time()
-        curve = train(rec, reader, d_train, rows, args.steps, args.batch, lr, K) if v != "untrained" else []
+        curve = train(rec, reader, d_train, rows, args.steps, args.batch, lr, K, args.seed) if v != "untrained" else []
         train_s = time.time() - t0
         per = answers(rec, reader, d_test, test, params.evaluate.max_new_tokens, 16)
         f1: dict[str, list[float]] = {}
@@ -203,7 +207,8 @@ def main(argv=None) -> dict:
     dss = sorted({r["dataset"] for r in test})
     lines = [f"# The sender's rating as a learned channel ({args.slot}, M = {args.M})", "",
              f"`python bench/highlight.py --slot {args.slot} --n {args.n} --M {args.M} --train {args.train} "
-             f"--steps {args.steps}`: see the script's docstring. Learning rate {lr:.2e}; rating buckets at answer "
+             f"--steps {args.steps}" + (f" --seed {args.seed}" if args.seed else "")
+             + (" --whole-words" if sender.whole_words else "") + "`: see the script's docstring. Learning rate {lr:.2e}; rating buckets at answer "
              f"probability {args.edges}.", "",
              "| variant | " + " | ".join(dss) + " | pooled | train s |", "|---|" + "---|" * (len(dss) + 2)]
     for v, res in out["variants"].items():

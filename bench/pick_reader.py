@@ -1,7 +1,7 @@
 """Does the pick's recall tell which way of spending M a reader answers best from?
 
     python bench/pick_reader.py [--params params.yaml] [--n 150] [--models qwen]
-                                [--spans 3 6 12 16 24 32] [--out bench/results/pick_reader.md]
+                                [--spans 3 6 12 16 24 32] [--flip-words] [--out bench/results/pick_reader.md]
 
 The `pick` stage chooses the span width (the least tokens a picked span holds) by the pick's recall
 on the pool's held-out tenth of titles: narrow spans touch more candidates, so they find the answer
@@ -56,6 +56,8 @@ def held_out_args(doc: str) -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     ap = held_out_args(__doc__)
     ap.add_argument("--spans", type=int, nargs="+", default=[3, 6, 12, 16, 24, 32], help="span widths")
+    ap.add_argument("--flip-words", action="store_true",
+                    help="also spend the chosen width with pick.whole_words flipped (spans end between words, or anywhere)")
     ap.add_argument("--out", default="bench/results/pick_reader.md")
     args = ap.parse_args(argv)
     params = load_params(args.params)
@@ -67,16 +69,20 @@ def main(argv=None) -> dict:
     for r in rows:
         rd = pick.read(sender.tokenizer, r["question"], r["context"], sender.max_tokens)
         scored.append((rd, sender.model.score(rd)))
-    widths = sorted(set(args.spans) | {chosen})
-    picked: dict[int, tuple[list[str], list[bool]]] = {}
+    # a variant: (width, whole words); the stage's own is (chosen, pick.whole_words)
+    words = sender.whole_words
+    widths = sorted({(w, words) for w in set(args.spans) | {chosen}} | ({(chosen, not words)} if args.flip_words else set()),
+                    key=lambda v: (v[0], v[1] != words))
+    picked: dict[tuple[int, bool], tuple[list[str], list[bool]]] = {}
     for w in widths:
-        sender.span = w
+        sender.span, sender.whole_words = w
         ps = [sender.spend(rd, s, M) for rd, s in scored]
         picked[w] = ([sender.decode(p.ids) for p in ps],
                      [pick.contains_answer(p.texts(r["context"]), r["answers"]) for p, r in zip(ps, rows)])
-    sender.span = chosen
+    sender.span, sender.whole_words = chosen, words
+    chosen = (chosen, words)
     names = sorted({r["dataset"] for r in rows})
-    out: dict = {"M": M, "n_per_dataset": args.n, "rows": len(rows), "chosen_span": chosen, "grow": sender.grow,
+    out: dict = {"M": M, "n_per_dataset": args.n, "rows": len(rows), "chosen_span": label(chosen), "grow": sender.grow,
                  "support_weight": sender.model.support_weight, "cover": sender.cover, "models": {}}
     for slot in args.models:
         llm = load_frozen(slot, params.models[slot], params.prompt, params.cache_dir)
@@ -87,15 +93,15 @@ def main(argv=None) -> dict:
             t0 = time.time()
             prompts = [llm.template.render(cut_tokens(llm, t, M), r["question"]) for t, r in zip(picked[w][0], rows)]
             preds = generate_text(llm, prompts, params.evaluate.max_new_tokens, params.evaluate.batch_size,
-                                  f"{slot} span {w}", params.evaluate.batch_tokens)
+                                  f"{slot} span {label(w)}", params.evaluate.batch_tokens)
             f1[w] = [best_f1(p, r["answers"]) for p, r in zip(preds, rows)]
-            print(f"pick_reader: {slot} span {w}: F1 {sum(f1[w]) / len(rows):.3f}, {time.time() - t0:.0f}s", flush=True)
+            print(f"pick_reader: {slot} span {label(w)}: F1 {sum(f1[w]) / len(rows):.3f}, {time.time() - t0:.0f}s", flush=True)
         res = {}
         for w in widths:
             per = {ds: {"recall": fmean([h for h, r in zip(picked[w][1], rows) if r["dataset"] == ds]),
                         "f1": fmean([x for x, r in zip(f1[w], rows) if r["dataset"] == ds])} for ds in names}
             diffs = {ds: [a - b for a, b, r in zip(f1[w], f1[chosen], rows) if r["dataset"] == ds] for ds in names}
-            res[w] = {"per_dataset": per, "recall": fmean(picked[w][1]), "f1": fmean(f1[w]),
+            res[label(w)] = {"per_dataset": per, "recall": fmean(picked[w][1]), "f1": fmean(f1[w]),
                       "vs_chosen": stats.paired_ci(diffs, params.seed)}
         out["models"][slot] = res
         del llm
@@ -104,12 +110,17 @@ def main(argv=None) -> dict:
     return out
 
 
+def label(variant: tuple[int, bool]) -> str:
+    """(24, True) -> "24, whole words"; (24, False) -> "24" (a span may end inside a word)."""
+    return f"{variant[0]}" + (", whole words" if variant[1] else "")
+
+
 def table(out: dict, names: list[str], args) -> str:
     lines = [f"# The pick's recall against a reader's F1, by span width (M = {out['M']}, {out['rows']} held-out pool rows)",
              "", f"`python bench/pick_reader.py --n {args.n} --models {' '.join(args.models)} --spans "
-             f"{' '.join(map(str, args.spans))}`: the fitted pick (run margin {out['grow']}, support weight "
+             f"{' '.join(map(str, args.spans))}{' --flip-words' if args.flip_words else ''}`: the fitted pick (run margin {out['grow']}, support weight "
              f"{out['support_weight']}, coverage {out['cover']}) spends M positions with spans of at least this many "
-             f"tokens on {args.n} rows per dataset of the pool's held-out tenth of titles (never the eval mix); the "
+             f"tokens (\"whole words\": spans start and end between words, pick.whole_words) on {args.n} rows per dataset of the pool's held-out tenth of titles (never the eval mix); the "
              f"reader answers from the picked text cut to M of its tokens. Each cell: recall / F1. Δ F1: paired on the "
              f"same rows against the stage's width (span {out['chosen_span']}, models/pick), 95 % bootstrap CI.", ""]
     for slot, res in out["models"].items():

@@ -182,6 +182,21 @@ def test_a_constant_or_reversed_pick_fails_that_check(project, trained, monkeypa
         check_pick(s, HELD_OUT)
 
 
+def test_pick_whole_words_reaches_the_sender_from_params(project, trained):
+    """pick.whole_words: off (the default) a span may end inside a word; on, every span of every
+    held-out row starts and ends between words, and the sender spends no more than M."""
+    p = load_params(project / "params.yaml")
+    assert p.pick.whole_words is False and sender.Sender.load(p, project / "models/pick", 8).whole_words is False
+    on = dataclasses.replace(p, pick=dataclasses.replace(p.pick, whole_words=True))
+    s = sender.Sender.load(on, project / "models/pick", 8)
+    assert s.whole_words
+    for r in HELD_OUT:
+        picked = s.pick(r["question"], r["context"])
+        w = picked.read.word
+        assert len(picked.ids) <= 8
+        assert all((a == 0 or w[a - 1] != w[a]) and (b == len(w) or w[b - 1] != w[b]) for a, b in picked.spans)
+
+
 def test_a_receiver_with_another_vocabulary_reads_the_ids_text_in_its_own_tokens(project, trained):
     """The tiny qwen's tokenizer is not the codebook's (tests/tiny.py), as Qwen's is not SmolLM2's:
     its base for a row of ids is its own embeddings of the ids' text in its own tokens, the tokens
@@ -378,13 +393,15 @@ def test_pick_reader_benchmark_spends_the_fitted_pick_at_each_width(project, tra
     assert 0 < len(dev) < len(pool)
     r = reader.main(["--params", str(project / "params.yaml"), "--pool", str(project / "data/mix/pool.jsonl"),
                      "--pick", str(project / "models/pick"), "--n", "100", "--models", "qwen", "--spans", "1",
-                     "--out", str(out)])
-    assert r["rows"] == len(dev) and r["chosen_span"] == params.pick.spans[0] == 6
+                     "--flip-words", "--out", str(out)])
+    assert r["rows"] == len(dev) and r["chosen_span"] == str(params.pick.spans[0]) == "6"
     res = r["models"]["qwen"]
-    assert set(res) == {1, 6}
-    assert res[6]["recall"] == sender.recall(s, dev, params.pick.dev_M)["squad"]["pick_recall"]
-    assert res[1]["vs_chosen"]["n"] == len(dev)  # paired on the same rows
-    assert "| 6 (chosen) |" in out.read_text()
+    assert set(res) == {"1", "6", "6, whole words"}
+    assert res["6"]["recall"] == sender.recall(s, dev, params.pick.dev_M)["squad"]["pick_recall"]
+    s.whole_words = True
+    assert res["6, whole words"]["recall"] == sender.recall(s, dev, params.pick.dev_M)["squad"]["pick_recall"]
+    assert res["1"]["vs_chosen"]["n"] == len(dev)  # paired on the same rows
+    assert "| 6 (chosen) |" in out.read_text() and "| 6, whole words |" in out.read_text()
 
 
 def test_receiver_base_benchmark_reads_both_bases_on_held_out_rows(project, trained, tmp_path):

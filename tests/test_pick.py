@@ -232,3 +232,46 @@ def test_the_best_rated_token_is_always_picked(seed, grow):
     assert cost <= M and all(x[1] <= y[0] for x, y in zip(spans, spans[1:]))
     best = max(range(T), key=scores.__getitem__)
     assert any(a <= best < b for a, b in spans), (best, spans)
+
+
+def test_word_index_joins_the_pieces_of_a_word():
+    ctx = "It began in 1757, at La Nativité."
+    r = pick.read(Chars(), "When?", ctx)
+    at = lambda s: r.word[1 + ctx.index(s)]  # noqa: E731 (" " + context: token k + 1 is character k)
+    assert at("1757") == at("757") == at("57") == at("7,") and at(",") != at("7,")
+    assert at("Nativité") == at("ité") and at(" La") != at("La") != at("Nativité")
+
+
+def test_a_span_never_ends_inside_a_word():
+    """Tokens 10-13 are one word (a year in digits). A span of 5 around the best token (8) ends
+    at 12 and sends "175" for "1757"; with the words, the trim drops the cut word whole."""
+    T, scores = 30, [0.0] * 30
+    scores[8] = 10.0
+    word = list(range(10)) + [10] * 4 + list(range(11, 27))
+    assert (7, 12) in pick.spans_for(scores, [0] * T, 5, 5)
+    spans = pick.spans_for(scores, [0] * T, 5, 5, word=word)
+    assert any(a <= 8 < b for a, b in spans) and not any(a < 14 and b > 10 for a, b in spans), spans
+
+
+@pytest.mark.parametrize("grow", [None, 0.3])
+@pytest.mark.parametrize("seed", range(20))
+def test_whole_words_keep_the_best_word_and_the_budget(seed, grow):
+    """Random words of 1-4 tokens: the best-rated token's word is sent whole, no span starts or
+    ends inside a word, and the budget holds."""
+    import random
+    rng = random.Random(seed)
+    T = rng.randint(20, 120)
+    word, w = [], 0
+    while len(word) < T:
+        word += [w] * rng.randint(1, 4)
+        w += 1
+    word = word[:T]
+    scores = [rng.random() for _ in range(T)]
+    sentence = sorted(rng.randrange(6) for _ in range(T))
+    M, span = rng.randint(4, 24), rng.choice([3, 6, 8, 12])
+    spans = pick.spans_for(scores, sentence, M, span, grow=grow, word=word)
+    cost = sum(b - a for a, b in spans) + sum(1 for x, y in zip(spans, spans[1:]) if x[1] < y[0])
+    assert cost <= M and all(x[1] <= y[0] for x, y in zip(spans, spans[1:]))
+    assert all((a == 0 or word[a - 1] != word[a]) and (b == T or word[b - 1] != word[b]) for a, b in spans), spans
+    best = max(range(T), key=scores.__getitem__)
+    assert all(any(a <= k < b for a, b in spans) for k in range(T) if word[k] == word[best]), (best, spans)

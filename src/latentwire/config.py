@@ -181,6 +181,7 @@ class PickConfig:
                                      # the pick spends them (span, run margin, support weight, coverage)
     members: int = 2                 # fits from seeds seed, seed + 1, ...; a token's rating is their mean
     ema: float = 0.99                # each fit keeps this moving average of its weights per step (0: the last)
+    whole_words: bool = False        # spans start and end between words (pick.spans_for); off: anywhere
 
     def __post_init__(self):
         if not self.spans or min(self.spans) < 1 or self.hidden < 1 or self.epochs < 1 or self.max_tokens < 1 \

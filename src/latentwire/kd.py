@@ -278,10 +278,10 @@ def main(params_path: str = "params.yaml", train_path: str = "data/mix/train.jso
     params = load_params(params_path)
     torch.manual_seed(params.seed)
     rows = read_jsonl(train_path)
-    result = {}
+    result, trained = {}, params.trained_slots()
     remove_temp_files(out_dir)  # a write SIGKILLed half-way leaves its temp file
     for slot, cfg in params.models.items():
-        if slot not in params.trained_slots():
+        if slot not in trained:
             print(f"teacher-kd-cache: {slot}: no stage trains it (stageN.slots): no cache")
             continue
         # the student's tokenizer and template: cheap to load, and all the key needs

@@ -21,7 +21,8 @@ weights a moving average over its steps.
 `pick` then fills the budget of M positions with spans, best first: each span is the window of
 `span` tokens (inside one sentence) around the highest-rated token not yet covered, widened
 (`grow`) to the run of its neighbours rated nearly as high (a predicted answer of 8 tokens is
-sent whole, not cut at 6); spans that touch merge; non-adjacent spans are joined by one
+sent whole, not cut at 6); a span starts and ends between words (a year in digits is never
+sent as "175" for "1757"); spans that touch merge; non-adjacent spans are joined by one
 separator token (" ..."), which takes a position. The spans come back in text order. `pick_recall` is the share of questions whose
 gold answer lies wholly inside one picked span.
 
@@ -77,7 +78,7 @@ def question_type(q: str) -> str:
 @dataclass
 class Read:
     """One context as the sender reads it: its tokens (sender ids and char offsets into the
-    context), the sentence and paragraph (line) of each token, and the feature matrix
+    context), the sentence, paragraph (line) and word of each token, and the feature matrix
     [T, N_FEATURES]. The fit's pool holds only ids, features and q_ids, as views into its
     features cache (`sender.pool_features`: tensors, the features in float16)."""
     ids: list[int]
@@ -86,6 +87,7 @@ class Read:
     features: torch.Tensor
     q_ids: list[int]
     paragraph: list[int] = field(default_factory=list)
+    word: list[int] = field(default_factory=list)  # the word of each token (`word_index`); empty: unknown
 
 
 TOKEN_FEATURES = ("bias", "q_match", "q_match_idf", "stop", "punct", "digit", "year", "capital",
@@ -107,6 +109,18 @@ def sentences(context: str) -> list[tuple[int, int]]:
     if start < len(context):
         spans.append((start, len(context)))
     return spans or [(0, len(context))]
+
+
+def word_index(context: str, offsets: list[tuple[int, int]]) -> list[int]:
+    """The word each token belongs to (0, 1, ...): a token continues the word before it where it
+    starts with a letter or digit right after one ("175" + "7", "Nativ" + "ité"); a space,
+    punctuation or a symbol starts a new one. Spans end only between words (`spans_for`)."""
+    out, w = [], -1
+    for a, b in offsets:
+        if not (a > 0 and b > a and context[a - 1].isalnum() and context[a].isalnum()):
+            w += 1
+        out.append(max(w, 0))
+    return out
 
 
 def _bm25(units: list[set], q_words: set) -> tuple[list[float], dict]:
@@ -200,7 +214,8 @@ def read(tokenizer, question: str, context: str, max_tokens: int = 2048) -> Read
     for c in CROSS:
         feats[:, FEATURES.index(f"{qt}*{c}")] = feats[:, FEATURES.index(c)]
     q_ids = tokenizer(question, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    return Read(ids, offsets, sent_of.tolist(), torch.from_numpy(feats), q_ids, para_of.tolist())
+    return Read(ids, offsets, sent_of.tolist(), torch.from_numpy(feats), q_ids, para_of.tolist(),
+                word_index(context, offsets))
 
 
 def answer_labels(r: Read, context: str, answers: list[str]) -> torch.Tensor:
@@ -468,14 +483,16 @@ def fit_ensemble(model: Ensemble, reads: list["Read"], labels: list[torch.Tensor
 
 def spans_for(scores: list[float], sentence: list[int], M: int, span: int,
               paragraph: list[int] | None = None, cover: int = 0,
-              grow: float | None = None) -> list[tuple[int, int]]:
+              grow: float | None = None, word: list[int] | None = None) -> list[tuple[int, int]]:
     """Token spans [a, b) filling M positions (a separator between non-adjacent spans takes
     one): around the best-rated uncovered token, `span` wide and inside its sentence, best
     first. With `grow` (a score margin) the span first takes the run of neighbours (inside the
     sentence) rated within `grow` of that token, up to MAX_RUN tokens, and is then widened to
     `span`; None: the `span` window alone. With `cover` > 1 the first spans go to that many different paragraphs (the best
     token of each next paragraph: a bridge paragraph of a two-hop question gets a span before
-    the best paragraph gets its second). -> sorted, non-overlapping spans."""
+    the best paragraph gets its second). With `word` (each token's word, `word_index`) a span
+    holds whole words only: it is widened to its words' ends, and trimmed to the budget a word at
+    a time, so that no answer is sent cut ("in 175" for "in 1757"). -> sorted, non-overlapping spans."""
     T = len(scores)
     if T <= M:
         return [(0, T)] if T else []
@@ -485,6 +502,16 @@ def spans_for(scores: list[float], sentence: list[int], M: int, span: int,
     def cost(sp):
         sp = sorted(sp)
         return sum(b - a for a, b in sp) + sum(1 for x, y in zip(sp, sp[1:]) if x[1] < y[0])
+
+    def start(k: int, floor: int) -> int:  # the first token of k's word (not before floor)
+        while word and k > floor and word[k - 1] == word[k]:
+            k -= 1
+        return k
+
+    def end(k: int, ceil: int) -> int:     # past the last token of the word of token k - 1 (not past ceil)
+        while word and k < ceil and word[k] == word[k - 1]:
+            k += 1
+        return k
 
     def place(i) -> bool:
         """Add the span around token i (merged, trimmed to the budget); False once full."""
@@ -505,23 +532,29 @@ def spans_for(scores: list[float], sentence: list[int], M: int, span: int,
                 rlo -= 1
             while rhi < hi and scores[rhi] >= scores[i] - grow and rhi - rlo < MAX_RUN:
                 rhi += 1
+        rlo, rhi = start(rlo, 0), end(rhi, T)  # the run's words whole (a word's leading-space token
+        lo, hi = min(lo, rlo), max(hi, rhi)     # may sit in the sentence before: `read`)
         w = min(max(span, rhi - rlo), hi - lo)
         a = min(max(lo, rlo - (w - (rhi - rlo) + 1) // 3), hi - w)  # a third of the widening before the run
-        cand = (a, a + w)
+        cand = (start(a, 0), end(a + w, T))
         # merge with touching / overlapping spans, then trim to the budget: the end farther from
         # the peak token i first, but never into a span placed before (a better token's) nor past i
         merged = [sp for sp in spans if sp[1] < cand[0] or sp[0] > cand[1]]
         old = [sp for sp in spans if not (sp[1] < cand[0] or sp[0] > cand[1])]
         new = (min(a for a, _ in old + [cand]), max(b for _, b in old + [cand]))
-        core = (min([i] + [a for a, _ in old]), max([i + 1] + [b for _, b in old]))
+        core = (min([start(i, 0)] + [a for a, _ in old]), max([end(i + 1, T)] + [b for _, b in old]))
         trial = merged + [new]
         while cost(trial) > M:
             excess = cost(trial) - M
             a2, b2 = new
             if (i - a2 > b2 - 1 - i or b2 == core[1]) and a2 < core[0]:
                 a2 += min(excess, core[0] - a2)
+                while word and a2 < core[0] and word[a2] == word[a2 - 1]:  # a cut word goes whole
+                    a2 += 1
             elif b2 > core[1]:
                 b2 -= min(excess, b2 - core[1])
+                while word and core[1] < b2 < T and word[b2] == word[b2 - 1]:
+                    b2 -= 1
             if (a2, b2) == new:
                 break
             new = (a2, b2)

@@ -54,9 +54,10 @@ class Sender:
     """question + context -> payload bytes. Load once (`Sender.load`), then `send` per prompt."""
 
     def __init__(self, tokenizer, model: pick.Ensemble, M: int, span: int, max_tokens: int = 2048,
-                 cover: int = 0, grow: float | None = None):
+                 cover: int = 0, grow: float | None = None, whole_words: bool = False):
         self.tokenizer, self.model, self.M, self.span, self.max_tokens = tokenizer, model, M, span, max_tokens
         self.cover, self.grow = cover, grow
+        self.whole_words = whole_words  # spans end between words (pick.spans_for); False: anywhere
         self.codebook = payload.fingerprint(tokenizer.get_vocab())
         sep = tokenizer(pick.SEPARATOR, add_special_tokens=False)["input_ids"]
         self.sep_id = sep[0]
@@ -80,7 +81,8 @@ class Sender:
         model.set_embeddings(load_embeddings(params))
         model.eval()
         return cls(load_tokenizer(params), model, M or params.stage3.M, meta["span"],
-                   params.pick.max_tokens, meta["cover"], meta.get("grow"))  # no "grow": a pick of before it
+                   params.pick.max_tokens, meta["cover"], meta.get("grow"),  # no "grow": a pick of before it
+                   params.pick.whole_words)
 
     def pick(self, question: str, context: str, M: int | None = None) -> Picked:
         r = pick.read(self.tokenizer, question, context, self.max_tokens)
@@ -88,7 +90,8 @@ class Sender:
 
     def spend(self, r: pick.Read, scores: list[float], M: int) -> Picked:
         """The spans that fill M positions for these token scores, and their ids."""
-        spans = pick.spans_for(scores, r.sentence, M, self.span, r.paragraph, self.cover, self.grow)
+        spans = pick.spans_for(scores, r.sentence, M, self.span, r.paragraph, self.cover, self.grow,
+                               r.word if self.whole_words else None)
         return Picked(pick.picked_ids(r, spans, self.sep_id), spans, r)
 
     def send(self, question: str, context: str) -> bytes:
