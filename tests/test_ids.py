@@ -497,6 +497,27 @@ def test_highlight_benchmark_aligns_the_ratings_and_starts_at_the_text(project, 
     assert "| highlight_only |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
 
 
+def test_highlight_seeds_runs_each_named_run_once(project, trained, tmp_path):
+    """bench/highlight_seeds.py must not rot: a run's name sets its spending, steps and seed; the
+    seed moves the training; a run whose JSON is there is read, not rerun; a bad name is refused."""
+    hs = bench("highlight_seeds")
+    assert hs.parse("whole_250_seed1") == (True, 250, 1)
+    with pytest.raises(ValueError, match="cut|whole"):
+        hs.parse("half_150_seed0")
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows(60, "squad", 100) + rows(60, "nq", 300)))
+    d = tmp_path / "seeds"
+    argv = ["--params", str(project / "params.yaml"), "--pool", str(pool), "--pick", str(project / "models/pick"),
+            "--slot", "qwen", "--n", "3", "--M", "6", "--dir", str(d), "--runs", "cut_2_seed0", "cut_2_seed1", "whole_2_seed0"]
+    text = hs.main(argv)
+    loss = {n: json.loads((d / f"{n}.json").read_text())["variants"]["trained"]["loss_first_last_20"]
+            for n in ("cut_2_seed0", "cut_2_seed1", "whole_2_seed0")}
+    assert loss["cut_2_seed0"] != loss["cut_2_seed1"]
+    assert "`whole_2_seed0` | whole words | 2 (16) | 0 |" in text and "cut_2_seed1 - cut_2_seed0" in text
+    before = (d / "cut_2_seed0.json").stat().st_mtime_ns
+    assert hs.main(argv) == text and (d / "cut_2_seed0.json").stat().st_mtime_ns == before
+
+
 def test_the_receiver_reads_its_payload(project, trained):
     """Receiver.read + Receiver.answer are the one receive path (evaluate, transfer, bench): with
     the adapter's learned correction at zero, the soft tokens are exactly the receiver's own
