@@ -21,8 +21,8 @@ weights a moving average over its steps.
 `pick` then fills the budget of M positions with spans, best first: each span is the window of
 `span` tokens (inside one sentence) around the highest-rated token not yet covered, widened
 (`grow`) to the run of its neighbours rated nearly as high (a predicted answer of 8 tokens is
-sent whole, not cut at 6); a span starts and ends between words (a year in digits is never
-sent as "175" for "1757"); spans that touch merge; non-adjacent spans are joined by one
+sent whole, not cut at 6); with `pick.whole_words` a span starts and ends between words (a
+year in digits is never sent as "175" for "1757"; off by default, docs/RESULTS.md); spans that touch merge; non-adjacent spans are joined by one
 separator token (" ..."), which takes a position. The spans come back in text order. `pick_recall` is the share of questions whose
 gold answer lies wholly inside one picked span.
 
@@ -548,13 +548,9 @@ def spans_for(scores: list[float], sentence: list[int], M: int, span: int,
             excess = cost(trial) - M
             a2, b2 = new
             if (i - a2 > b2 - 1 - i or b2 == core[1]) and a2 < core[0]:
-                a2 += min(excess, core[0] - a2)
-                while word and a2 < core[0] and word[a2] == word[a2 - 1]:  # a cut word goes whole
-                    a2 += 1
+                a2 = end(a2 + min(excess, core[0] - a2), core[0])  # a cut word goes whole
             elif b2 > core[1]:
-                b2 -= min(excess, b2 - core[1])
-                while word and core[1] < b2 < T and word[b2] == word[b2 - 1]:
-                    b2 -= 1
+                b2 = start(b2 - min(excess, b2 - core[1]), core[1])  # below T: excess >= 1
             if (a2, b2) == new:
                 break
             new = (a2, b2)
