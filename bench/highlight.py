@@ -2,7 +2,7 @@
 (issue 22, "the learned part earns its place")
 
     python bench/highlight.py [--slot qwen] [--n 50] [--M 32] [--train 1200] [--steps 150]
-                              [--seed 0] [--whole-words]
+                              [--seed 0] [--whole-words] [--span W]
 
 The latent and the selected_text baseline hand the receiver the same picked tokens, so a
 receiver adapter that only maps ids to embeddings can at best match the text (the ledger:
@@ -161,12 +161,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--seed", type=int, default=0, help="the adapters' start and the batches' draw")
     ap.add_argument("--whole-words", action="store_true", help="spend the pick with pick.whole_words on")
+    ap.add_argument("--span", type=int, default=None, help="spend the pick with this span width (default: the stage's)")
     ap.add_argument("--out", default="bench/results/highlight.md")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     params = load_params(args.params)
     sender = Sender.load(params, args.pick, args.M)
     sender.whole_words = sender.whole_words or args.whole_words
+    sender.span = args.span or sender.span
     test, rows = split(read_jsonl(args.pool), args.n, args.train)
     t0 = time.time()
     s_train = [sent(sender, r, args.M, args.edges) for r in tqdm(rows, desc="pick train", disable=None)]
@@ -208,7 +210,7 @@ def main(argv=None) -> dict:
     lines = [f"# The sender's rating as a learned channel ({args.slot}, M = {args.M})", "",
              f"`python bench/highlight.py --slot {args.slot} --n {args.n} --M {args.M} --train {args.train} "
              f"--steps {args.steps}" + (f" --seed {args.seed}" if args.seed else "")
-             + (" --whole-words" if sender.whole_words else "") + "`: see the script's docstring. Learning rate {lr:.2e}; rating buckets at answer "
+             + (" --whole-words" if sender.whole_words else "") + (f" --span {args.span}" if args.span else "") + "`: see the script's docstring. Learning rate {lr:.2e}; rating buckets at answer "
              f"probability {args.edges}.", "",
              "| variant | " + " | ".join(dss) + " | pooled | train s |", "|---|" + "---|" * (len(dss) + 2)]
     for v, res in out["variants"].items():

@@ -497,23 +497,86 @@ def test_highlight_benchmark_aligns_the_ratings_and_starts_at_the_text(project, 
     assert "| highlight_only |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
 
 
+def test_pick_attention_maps_the_lm_onto_the_senders_tokens(project, trained, tmp_path):
+    """bench/pick_attention.py must not rot: a sender token takes the attention of the LM tokens its
+    characters overlap, and no other's; the "gru" row is the fitted pick's own recall on the same rows."""
+    pa = bench("pick_attention")
+    m = pa.overlap([(0, 3), (3, 7), (7, 7)], [(0, 2), (2, 5), (5, 7)])
+    assert m.tolist() == [[1, 1, 0], [0, 1, 1], [0, 0, 1]]
+    params = load_params(project / "params.yaml")
+    s = sender.Sender.load(params, project / "models/pick", params.pick.dev_M)
+    dev = [r for r in sender.read_jsonl(project / "data/mix/pool.jsonl") if sender.is_pick_dev(r)]
+    out = tmp_path / "attn.md"
+    r = pa.main(["--params", str(project / "params.yaml"), "--pool", str(project / "data/mix/pool.jsonl"),
+                 "--pick", str(project / "models/pick"), "--slot", "qwen", "--train", "5", "--n", "100", "--out", str(out)])
+    assert r["dev_rows"] == len(dev) and r["train_rows"] == 5
+    assert r["recall"]["gru (the pick)"]["squad"] == sender.recall(s, dev, params.pick.dev_M)["squad"]["pick_recall"]
+    assert len(r["recall"]) == 1 + len(pa.TOPS) + len(pa.BLEND_TOPS) * len(pa.WEIGHTS)
+    assert "| attn top 1 |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
+
+
+def test_pick_bridge_reads_the_best_sentence_into_the_question(project, trained, tmp_path):
+    """bench/pick_bridge.py must not rot: pass 1 is the fitted pick as the stage spends it; the
+    sentence read into the question is the one that holds the best-rated token."""
+    pb = bench("pick_bridge")
+    params = load_params(project / "params.yaml")
+    s = sender.Sender.load(params, project / "models/pick", params.pick.dev_M)
+    dev = [r for r in sender.read_jsonl(project / "data/mix/pool.jsonl") if sender.is_pick_dev(r)]
+    r0 = dev[0]
+    rd = pick.read(s.tokenizer, r0["question"], r0["context"])
+    logits = torch.zeros(len(rd.ids))
+    logits[len(rd.ids) - 2] = 1.0  # a token of the last sentence
+    text, para = pb.best_sentence(rd, r0["context"], logits)
+    assert r0["context"].rstrip().endswith(text) and text.startswith("Number") and para == 0
+    r = pb.main(["--params", str(project / "params.yaml"), "--pool", str(project / "data/mix/pool.jsonl"),
+                 "--pick", str(project / "models/pick"), "--datasets", "squad", "--out", str(tmp_path / "bridge.md")])
+    assert r["rows"] == len(dev) and len(r["variants"]) == 7
+    assert r["variants"]["the pick (pass 1)"]["pick_recall"] == sender.recall(s, dev, params.pick.dev_M)["squad"]["pick_recall"]
+
+
+def test_pick_hits_splits_the_evaluation_by_the_picks_own_recall(project, trained, tmp_path):
+    """bench/pick_hits.py must not rot: its questions the pick holds are the evaluation's pick_recall
+    share, dataset by dataset, and each part's F1 is the mean over that part's questions."""
+    ph = bench("pick_hits")
+    preds = [{"model": "m", "dataset": "d", "id": i, "f1_text": t, "f1_latent_ids": x}
+             for i, t, x in (("a", 1.0, 0.5), ("b", 0.5, 0.0), ("c", 0.25, 0.75))]
+    assert ph.split(preds, {"a": True, "b": False, "c": True}) == {"m": {"d": {
+        "hit": {"n": 2, "text": 0.625, "latent": 0.625}, "miss": {"n": 1, "text": 0.5, "latent": 0.0}}}}
+    out = tmp_path / "hits.md"
+    r = ph.main(["--params", str(project / "params.yaml"), "--pick", str(project / "models/pick"),
+                 "--eval", str(project / "data/mix/eval.jsonl"),
+                 "--predictions", str(project / "data/eval/predictions.jsonl"), "--out", str(out)])
+    recall = json.loads((project / "metrics/eval.json").read_text())["pick"]
+    for model, per in r.items():
+        for ds, parts in per.items():
+            n = {k: v["n"] for k, v in parts.items()}
+            assert n.get("hit", 0) / sum(n.values()) == pytest.approx(recall[ds]["pick_recall"]), (model, ds)
+    assert "| qwen | squad |" in out.read_text()
+
+
 def test_highlight_seeds_runs_each_named_run_once(project, trained, tmp_path):
     """bench/highlight_seeds.py must not rot: a run's name sets its spending, steps and seed; the
     seed moves the training; a run whose JSON is there is read, not rerun; a bad name is refused."""
     hs = bench("highlight_seeds")
-    assert hs.parse("whole_250_seed1") == (True, 250, 1)
-    with pytest.raises(ValueError, match="cut|whole"):
-        hs.parse("half_150_seed0")
+    assert hs.parse("whole_250_seed1") == (True, None, 250, 1) and hs.parse("cut3_150_seed0") == (False, 3, 150, 0)
+    for bad in ("half_150_seed0", "cut_x_seed0", "cut3_150"):
+        with pytest.raises(ValueError, match="cut|whole"):
+            hs.parse(bad)
+    assert hs.pairs(["cut_150_seed0", "cut3_150_seed0", "cut3_250_seed0", "cut3_250_seed1", "whole3_150_seed0"]) == [
+        ("cut3_150_seed0", "cut_150_seed0"), ("cut3_250_seed0", "cut3_150_seed0"), ("cut3_250_seed1", "cut3_250_seed0"),
+        ("whole3_150_seed0", "cut3_150_seed0")]
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows(60, "squad", 100) + rows(60, "nq", 300)))
     d = tmp_path / "seeds"
     argv = ["--params", str(project / "params.yaml"), "--pool", str(pool), "--pick", str(project / "models/pick"),
-            "--slot", "qwen", "--n", "3", "--M", "6", "--dir", str(d), "--runs", "cut_2_seed0", "cut_2_seed1", "whole_2_seed0"]
+            "--slot", "qwen", "--n", "3", "--M", "6", "--dir", str(d),
+            "--runs", "cut_2_seed0", "cut_2_seed1", "whole_2_seed0", "cut1_2_seed0"]
     text = hs.main(argv)
-    loss = {n: json.loads((d / f"{n}.json").read_text())["variants"]["trained"]["loss_first_last_20"]
-            for n in ("cut_2_seed0", "cut_2_seed1", "whole_2_seed0")}
+    runs = {n: json.loads((d / f"{n}.json").read_text()) for n in ("cut_2_seed0", "cut_2_seed1", "whole_2_seed0", "cut1_2_seed0")}
+    loss = {n: r["variants"]["trained"]["loss_first_last_20"] for n, r in runs.items()}
     assert loss["cut_2_seed0"] != loss["cut_2_seed1"]
-    assert "`whole_2_seed0` | whole words | 2 (16) | 0 |" in text and "cut_2_seed1 - cut_2_seed0" in text
+    assert "`whole_2_seed0` | whole words | the stage's | 2 (16) | 0 |" in text and "cut_2_seed1 - cut_2_seed0" in text
+    assert "--span 1`" in (d / "cut1_2_seed0.md").read_text() and "cut1_2_seed0 - cut_2_seed0" in text
     before = (d / "cut_2_seed0.json").stat().st_mtime_ns
     assert hs.main(argv) == text and (d / "cut_2_seed0.json").stat().st_mtime_ns == before
 
