@@ -31,6 +31,7 @@ RUNS = ("cut_150_seed0", "cut_150_seed1", "cut_150_seed2", "cut_250_seed0", "cut
         "whole_150_seed0", "whole_150_seed1", "whole_150_seed2", "whole_250_seed0",
         "cut3_150_seed0", "cut3_150_seed1", "cut12_150_seed0")
 
+
 class Run(NamedTuple):
     whole: bool        # spans end between words (--whole-words)
     width: int | None  # the span width (--span); None: the pick stage's

@@ -22,30 +22,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
+import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from latentwire import pick
 from latentwire.config import load_params
-from latentwire.io import read_jsonl, write_text
-from latentwire.llm import build_template, model_folder
-from latentwire.sender import Sender, is_pick_dev
+from latentwire.io import write_text
+from latentwire.llm import load_frozen
+from latentwire.sender import Sender
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pick_reader import dev_sample  # noqa: E402
 
 TOPS, WEIGHTS, BLEND_TOPS = (1, 4, 16, 64), (0.5, 1.0, 2.0), (4, 16)
-
-
-def sample(pool: list[dict], held: bool, n: int, seed: int) -> list[dict]:
-    """n rows a dataset of the pool's held-out tenth (held) or of its train part, seeded."""
-    by: dict[str, list[dict]] = {}
-    for r in pool:
-        if is_pick_dev(r) == held:
-            by.setdefault(r["dataset"], []).append(r)
-    rng = random.Random(seed)
-    return [r for ds in sorted(by) for r in rng.sample(by[ds], min(n, len(by[ds])))]
 
 
 def overlap(sender_offsets: list[tuple[int, int]], lm_offsets: list[tuple[int, int]]) -> torch.Tensor:
@@ -68,10 +60,9 @@ class AttentionRater:
     """The slot's LM over the prompt; attention(row) -> (the sender's read, [layers, heads, tokens])."""
 
     def __init__(self, params, slot: str, sender: Sender):
-        where = model_folder(params.models[slot], params.cache_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, attn_implementation="eager").eval()
-        self.tok = AutoTokenizer.from_pretrained(where)
-        self.template, self.sender = build_template(self.tok, params.prompt), sender
+        llm = load_frozen(slot, params.models[slot], params.prompt, params.cache_dir)
+        llm.model.set_attn_implementation("eager")  # the attention weights themselves (sdpa returns none)
+        self.model, self.tok, self.template, self.sender = llm.model, llm.tokenizer, llm.template, sender
         self.prefix = self.tok(self.template.prefix + "Context:", add_special_tokens=False)["input_ids"]
 
     def attention(self, row: dict) -> tuple[pick.Read, torch.Tensor]:
@@ -110,8 +101,8 @@ def main(argv=None) -> dict:
     params = load_params(args.params)
     M = params.pick.dev_M
     sender = Sender.load(params, args.pick, M)
-    pool = read_jsonl(args.pool)
-    rows = sample(pool, False, args.train, params.seed) + sample(pool, True, args.n, params.seed)
+    train = dev_sample(args.pool, args.train, params.seed, held=False)  # ranks the heads
+    rows = train + dev_sample(args.pool, args.n, params.seed)
     rater = AttentionRater(params, args.slot, sender)
     t0, scored = time.time(), []
     for r in rows:
@@ -119,7 +110,7 @@ def main(argv=None) -> dict:
         scored.append((r, rd, A, pick.answer_labels(rd, r["context"], r["answers"]), sender.model.logits(rd)[:, 0]))
     wall, tokens = time.time() - t0, sum(len(s[1].ids) for s in scored)
     print(f"pick_attention: {len(rows)} rows, {tokens} sender tokens, {wall:.0f}s", flush=True)
-    n_train = sum(not is_pick_dev(r) for r in rows)
+    n_train = len(train)
     lift = head_lift(scored[:n_train])
     L, H = lift.shape
     top = lift.flatten().argsort(descending=True)

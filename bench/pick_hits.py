@@ -27,7 +27,7 @@ def hits(params, pick_dir: str, rows: list[dict]) -> dict[str, bool]:
     s = Sender.load(params, pick_dir)
     out = {}
     for r in rows:
-        p = s.pick(r["question"], r["context"], params.positions(r["dataset"], params.stage3.M))
+        p = s.pick(r["question"], r["context"], params.positions(r["dataset"]))
         out[r["id"]] = pick.contains_answer(p.texts(r["context"]), r["answers"])
     return out
 

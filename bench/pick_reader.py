@@ -32,11 +32,12 @@ from latentwire.packed import pack
 from latentwire.sender import Sender, is_pick_dev
 
 
-def dev_sample(pool: str, n: int, seed: int) -> list[dict]:
-    """n of the pick's held-out pool rows per dataset (all where fewer), in a seeded order."""
+def dev_sample(pool: str, n: int, seed: int, held: bool = True) -> list[dict]:
+    """n of the pick's held-out pool rows per dataset (held=False: of its train part; all where
+    fewer), in a seeded order."""
     by: dict[str, list[dict]] = {}
     for r in read_jsonl(pool):
-        if is_pick_dev(r):
+        if is_pick_dev(r) == held:
             by.setdefault(r["dataset"], []).append(r)
     rng = random.Random(seed)
     return [r for ds in sorted(by) for r in rng.sample(by[ds], min(n, len(by[ds])))]
