@@ -43,6 +43,23 @@ def dev_sample(pool: str, n: int, seed: int, held: bool = True) -> list[dict]:
     return [r for ds in sorted(by) for r in rng.sample(by[ds], min(n, len(by[ds])))]
 
 
+def load_reader(params, slot: str):
+    """A reader slot's frozen LLM, its linear weights packed as the baselines stage packs them (CPU)."""
+    llm = load_frozen(slot, params.models[slot], params.prompt, params.cache_dir)
+    if params.evaluate.prepack:
+        pack(llm.model)
+    return llm
+
+
+def reader_f1(llm, params, texts: list[str], rows: list[dict], M: int, desc: str = "") -> list[float]:
+    """The reader's F1 on each row from its picked text cut to M of the reader's tokens (greedy, as
+    the selected_text baseline reads it)."""
+    prompts = [llm.template.render(cut_tokens(llm, t, M), r["question"]) for t, r in zip(texts, rows)]
+    preds = generate_text(llm, prompts, params.evaluate.max_new_tokens, params.evaluate.batch_size, desc,
+                          params.evaluate.batch_tokens)
+    return [best_f1(p, r["answers"]) for p, r in zip(preds, rows)]
+
+
 def held_out_args(doc: str) -> argparse.ArgumentParser:
     """The arguments of a bench that reads n held-out pool rows per dataset with the fitted pick."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,16 +103,11 @@ def main(argv=None) -> dict:
     out: dict = {"M": M, "n_per_dataset": args.n, "rows": len(rows), "chosen_span": label(chosen), "grow": sender.grow,
                  "support_weight": sender.model.support_weight, "cover": sender.cover, "models": {}}
     for slot in args.models:
-        llm = load_frozen(slot, params.models[slot], params.prompt, params.cache_dir)
-        if params.evaluate.prepack:
-            pack(llm.model)  # as the baselines stage: the linear weights reordered once (CPU)
+        llm = load_reader(params, slot)
         f1: dict[int, list[float]] = {}
         for w in widths:
             t0 = time.time()
-            prompts = [llm.template.render(cut_tokens(llm, t, M), r["question"]) for t, r in zip(picked[w][0], rows)]
-            preds = generate_text(llm, prompts, params.evaluate.max_new_tokens, params.evaluate.batch_size,
-                                  f"{slot} span {label(w)}", params.evaluate.batch_tokens)
-            f1[w] = [best_f1(p, r["answers"]) for p, r in zip(preds, rows)]
+            f1[w] = reader_f1(llm, params, picked[w][0], rows, M, f"{slot} span {label(w)}")
             print(f"pick_reader: {slot} span {label(w)}: F1 {sum(f1[w]) / len(rows):.3f}, {time.time() - t0:.0f}s", flush=True)
         res = {}
         for w in widths:

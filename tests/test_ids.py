@@ -665,3 +665,38 @@ def test_receiver_parts_benchmark_zeroes_each_part_of_the_trained_adapter(projec
     assert r["n"] == 6 and set(r["variants"]) == set(rp.VARIANTS) | {"text", "text_trained"}
     assert len(r["contrasts"]) == len(rp.CONTRASTS) + len(rp.TEXT_CONTRASTS)
     assert "| pos_only |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
+
+
+def test_pick_telegraphic_thins_extra_positions_back_to_M(project, trained, tmp_path):
+    """bench/pick_telegraphic.py must not rot: at extra 0 it is the pick as the sender spends it;
+    with extra positions what it sends still fits M sender tokens, and it drops only stopwords and
+    punctuation outside each span's run, lowest-rated first."""
+    tg = bench("pick_telegraphic")
+    params = load_params(project / "params.yaml")
+    M = params.pick.dev_M
+    s = sender.Sender.load(params, project / "models/pick", M)
+    dev = [r for r in sender.read_jsonl(project / "data/mix/pool.jsonl") if sender.is_pick_dev(r)]
+    thinned = dropped = 0
+    for r in dev:
+        rd = pick.read(s.tokenizer, r["question"], r["context"])
+        scores = s.model.score(rd)
+        assert tg.telegraphic(s, rd, scores, M, 0)[0] == s.decode(s.spend(rd, scores, M).ids)
+        text, _, covered, kept = tg.telegraphic(s, rd, scores, M, 4)
+        if text != tg.telegraphic(s, rd, scores, M, 0)[0]:  # thinned: it fits M as the sender tokenises it
+            thinned += 1
+            assert len(s.tokenizer(text, add_special_tokens=False)["input_ids"]) <= M
+            dropped += covered - kept
+        spans = pick.spans_for(scores, rd.sentence, M + 4, s.span, rd.paragraph, s.cover, s.grow)
+        drop = tg.droppable(rd, scores, spans, s.grow or 0.0)
+        assert [scores[i] for i in drop] == sorted(scores[i] for i in drop)
+        for i in drop:
+            a, b = next(sp for sp in spans if sp[0] <= i < sp[1])
+            assert scores[i] < max(scores[a:b]) - (s.grow or 0.0)
+            assert rd.features[i, tg.STOP] > 0 or rd.features[i, tg.PUNCT] > 0
+    assert thinned and dropped  # the extra positions changed what is sent, by dropping tokens
+    r = tg.main(["--params", str(project / "params.yaml"), "--pool", str(project / "data/mix/pool.jsonl"),
+                 "--pick", str(project / "models/pick"), "--n", "100", "--models", "qwen", "--extra", "4",
+                 "--out", str(tmp_path / "tg.md")])
+    assert r["rows"] == len(dev) and set(r["recall"]) == {0, 4}
+    assert r["recall"][0]["squad"] == sender.recall(s, dev, M)["squad"]["pick_recall"]
+    assert r["models"]["qwen"][0]["vs_pick"]["diff"] == 0 and r["models"]["qwen"][4]["vs_pick"]["n"] == len(dev)
