@@ -60,6 +60,14 @@ def reader_f1(llm, params, texts: list[str], rows: list[dict], M: int, desc: str
     return [best_f1(p, r["answers"]) for p, r in zip(preds, rows)]
 
 
+def held_out(args: argparse.Namespace):
+    """(params, M, the fitted pick's sender at M = pick.dev_M, args.n held-out pool rows a dataset):
+    what a bench built on `held_out_args` reads."""
+    params = load_params(args.params)
+    M = params.pick.dev_M
+    return params, M, Sender.load(params, args.pick, M), dev_sample(args.pool, args.n, params.seed)
+
+
 def held_out_args(doc: str) -> argparse.ArgumentParser:
     """The arguments of a bench that reads n held-out pool rows per dataset with the fitted pick."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,11 +86,8 @@ def main(argv=None) -> dict:
                     help="also spend the chosen width with pick.whole_words flipped (spans end between words, or anywhere)")
     ap.add_argument("--out", default="bench/results/pick_reader.md")
     args = ap.parse_args(argv)
-    params = load_params(args.params)
-    M = params.pick.dev_M
-    sender = Sender.load(params, args.pick, M)
+    params, M, sender, rows = held_out(args)
     chosen = sender.span
-    rows = dev_sample(args.pool, args.n, params.seed)
     scored = []
     for r in rows:
         rd = pick.read(sender.tokenizer, r["question"], r["context"], sender.max_tokens)

@@ -26,12 +26,11 @@ from pathlib import Path
 from statistics import fmean
 
 from latentwire import pick, stats
-from latentwire.config import load_params
 from latentwire.io import write_text
 from latentwire.sender import Sender
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pick_reader import dev_sample, held_out_args, load_reader, reader_f1  # noqa: E402
+from pick_reader import held_out, held_out_args, load_reader, reader_f1  # noqa: E402
 
 STOP, PUNCT, DIGIT = (pick.FEATURES.index(f) for f in ("stop", "punct", "digit"))
 
@@ -86,10 +85,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--extra", type=int, nargs="+", default=[8, 12], help="positions spent before thinning to M")
     ap.add_argument("--out", default="bench/results/pick_telegraphic.md")
     args = ap.parse_args(argv)
-    params = load_params(args.params)
-    M = params.pick.dev_M
-    sender = Sender.load(params, args.pick, M)
-    rows = dev_sample(args.pool, args.n, params.seed)
+    params, M, sender, rows = held_out(args)
     scored = [(rd, sender.model.score(rd)) for rd in
               (pick.read(sender.tokenizer, r["question"], r["context"], sender.max_tokens) for r in rows)]
     extras = [0] + sorted(set(args.extra) - {0})

@@ -31,16 +31,14 @@ import torch
 from latentwire import stats
 from latentwire.adapter import TokenAdapter, receiver_tokens, string_table
 from latentwire.baselines import cut_tokens, generate_text
-from latentwire.config import load_params
 from latentwire.io import write_text
 from latentwire.llm import load_frozen
 from latentwire.metrics import best_f1
 from latentwire.packed import pack
 from latentwire.receiver import Receiver
-from latentwire.sender import Sender
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the held-out rows: bench/pick_reader.py's
-from pick_reader import dev_sample, held_out_args  # noqa: E402
+from pick_reader import held_out, held_out_args  # noqa: E402
 
 BASES = ("mean", "tokens", "text")
 
@@ -57,10 +55,7 @@ def main(argv=None) -> dict:
     ap = held_out_args(__doc__)
     ap.add_argument("--out", default="bench/results/receiver_base.md")
     args = ap.parse_args(argv)
-    params = load_params(args.params)
-    M = params.pick.dev_M
-    sender = Sender.load(params, args.pick, M)
-    rows = dev_sample(args.pool, args.n, params.seed)
+    params, M, sender, rows = held_out(args)
     ids = [sender.pick(r["question"], r["context"], M).ids for r in rows]
     names = sorted({r["dataset"] for r in rows})
     ev = params.evaluate
