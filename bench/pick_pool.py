@@ -41,9 +41,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--features", default="data/pick/features.safetensors")
     ap.add_argument("--pick", default="models/pick", help="the stage's pick: how it spends M (meta.json)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[5000, 0], help="pool sizes to fit on (0: all)")
+    ap.add_argument("--seed", type=int, default=None, help="the draw's and the fit's seed (default: params seed)")
     ap.add_argument("--out", default="bench/results/pick_pool.md")
     args = ap.parse_args(argv)
     params = load_params(args.params)
+    seed = params.seed if args.seed is None else args.seed
     pp = params.pick
     rows, tok, reads, labels, held = read_pool(params, args.pool, args.features)  # held: the stage's dev rows
     meta = json.loads((Path(args.pick) / "meta.json").read_text())
@@ -51,12 +53,11 @@ def main(argv=None) -> dict:
     if not dev:
         raise SystemExit(f"{args.pool}: no row of the pool's held-out tenth of titles to read")
     E = load_embeddings(params)
-    out = {"M": pp.dev_M, "dev_examples": len(dev), "epochs": pp.epochs, "spending": meta, "sizes": []}
+    out = {"M": pp.dev_M, "dev_examples": len(dev), "epochs": pp.epochs, "seed": seed, "spending": meta, "sizes": []}
     for n in args.sizes:
         t0 = time.time()
-        fit_on = [k for k in draw(rows, n, params.seed) if not held[k]]
-        model, _ = fit_pick(pp, E, [reads[k] for k in fit_on], [labels[k] for k in fit_on], params.seed,
-                            meta["support_weight"])
+        fit_on = [k for k in draw(rows, n, seed) if not held[k]]
+        model, _ = fit_pick(pp, E, [reads[k] for k in fit_on], [labels[k] for k in fit_on], seed, meta["support_weight"])
         fit_s = time.time() - t0
         sender = Sender(tok, model, pp.dev_M, meta["span"], pp.max_tokens, meta["cover"], meta.get("grow"))
         res = recall(sender, dev, pp.dev_M)
@@ -68,7 +69,8 @@ def main(argv=None) -> dict:
         print(f"pick_pool: {row}", flush=True)
     names = sorted(out["sizes"][0]["recall"])
     lines = [f"# The pick's recall against the size of its pool (M = {out['M']}, {len(dev)} dev rows)", "",
-             f"`python bench/pick_pool.py --sizes {' '.join(map(str, args.sizes))}`: each row fits the pick "
+             f"`python bench/pick_pool.py --sizes {' '.join(map(str, args.sizes))}"
+             f"{'' if args.seed is None else f' --seed {args.seed}'}`: each row fits the pick "
              f"({pp.epochs} epochs) on a pool of that size and reads the same dev rows (the pool's held-out tenth of "
              "titles; never the eval mix), spending as the `pick` stage chose "
              f"(span {meta['span']}, grow {meta.get('grow')}, support weight {meta['support_weight']}, "

@@ -357,6 +357,12 @@ def test_pick_pool_benchmark_runs_on_the_tiny_models(project, trained, tmp_path)
     assert set(small["per_dataset_fit"]) == {"squad", "nq"} and max(small["per_dataset_fit"].values()) <= 10
     assert set(small["recall"]) == set(whole["recall"]) == {"squad", "nq"}
     assert "| 60 |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
+    assert r["seed"] == load_params(project / "params.yaml").seed
+    other = pool_bench.main(["--params", str(project / "params.yaml"), "--pool", str(pool), "--features",
+                             str(tmp_path / "f.safetensors"), "--pick", str(project / "models/pick"), "--sizes", "20",
+                             "--seed", "3", "--out", str(tmp_path / "pool3.md")])
+    assert other["seed"] == 3 and "--seed 3" in (tmp_path / "pool3.md").read_text()
+    assert set(other["sizes"][0]["per_dataset_fit"]) == {"squad", "nq"} and other["sizes"][0]["pool"] == 20
 
 
 def test_pick_seeds_benchmark_reproduces_the_stage_and_restores_the_window(project, trained, tmp_path):
