@@ -30,7 +30,6 @@ import torch
 
 from latentwire import stats
 from latentwire.adapter import TokenAdapter, receiver_tokens, string_table
-from latentwire.baselines import cut_tokens, generate_text
 from latentwire.io import write_text
 from latentwire.llm import load_frozen
 from latentwire.metrics import best_f1
@@ -38,7 +37,7 @@ from latentwire.packed import pack
 from latentwire.receiver import Receiver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the held-out rows: bench/pick_reader.py's
-from pick_reader import held_out, held_out_args  # noqa: E402
+from pick_reader import held_out, held_out_args, reader_f1  # noqa: E402
 
 BASES = ("mean", "tokens", "text")
 
@@ -74,12 +73,11 @@ def main(argv=None) -> dict:
         f1 = {}
         for base in BASES:
             t0 = time.time()
-            if base == "text":
-                prompts = [llm.template.render(cut_tokens(llm, sender.decode(i), M), r["question"]) for i, r in zip(ids, rows)]
-                preds = generate_text(llm, prompts, ev.max_new_tokens, ev.batch_size, f"{slot} text", ev.batch_tokens)
+            if base == "text":  # the selected_text baseline's prompt
+                f1[base] = reader_f1(llm, params, [sender.decode(i) for i in ids], rows, M, f"{slot} text")
             else:
                 preds = read_all(llm, softs[base], rows, ev.batch_size, ev.max_new_tokens)
-            f1[base] = [best_f1(p, r["answers"]) for p, r in zip(preds, rows)]
+                f1[base] = [best_f1(p, r["answers"]) for p, r in zip(preds, rows)]
             print(f"receiver_base: {slot} {base}: F1 {fmean(f1[base]):.3f}, {time.time() - t0:.0f}s", flush=True)
 
         def delta(a: str, b: str) -> dict:
