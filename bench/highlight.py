@@ -30,13 +30,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
 
-from latentwire import pick
 from latentwire.adapter import TokenAdapter, receiver_tokens
+from latentwire.adapter import receiver_ratings as adapter_ratings
 from latentwire.config import load_params
 from latentwire.io import read_jsonl, write_text
 from latentwire.kd import answer_tokens
@@ -56,38 +55,23 @@ CONTRASTS = (("highlight", "trained"), ("highlight", "untrained"), ("trained", "
              ("highlight_only", "untrained"))
 
 
-def buckets_of(p: torch.Tensor, edges: list[float]) -> list[int]:
-    return torch.bucketize(p, torch.tensor(edges)).tolist()
-
-
 def sent(sender: Sender, row: dict, M: int, edges: list[float]) -> tuple[list[int], list[int]]:
-    """The picked ids and each one's rating bucket (the pick's answer probability; a separator 0)."""
-    picked = sender.pick(row["question"], row["context"], M)
-    buckets = buckets_of(torch.sigmoid(sender.model.logits(picked.read)[:, 0]), edges)
-    rating = pick.picked_ids(SimpleNamespace(ids=buckets), picked.spans, 0)  # the ids' layout, separators 0
-    return picked.ids, rating
+    """The picked ids and each one's rating bucket (the pick's answer probability; a separator 0):
+    the pipeline's rating channel (ids.rating_edges) at these edges."""
+    old, sender.rating_edges = sender.rating_edges, edges
+    try:
+        picked = sender.pick(row["question"], row["context"], M)
+    finally:
+        sender.rating_edges = old
+    return picked.ids, picked.ratings
 
 
-def receiver_ratings(sender: Sender, llm, ids: list[int], rating: list[int]) -> tuple[list[int], list[int]]:
-    """The receiver's own tokens of the ids' text (as TokenAdapter reads them, cut to len(ids))
-    and each one's bucket: the highest of the sender tokens its characters overlap."""
-    stok, rtok = sender.tokenizer, llm.tokenizer
-    if stok.get_vocab() == rtok.get_vocab():
-        return ids, rating
-    ends = [len(stok.decode(ids[:k + 1])) for k in range(len(ids))]
-    full = stok.decode(ids)
-    lead = len(full) - len(full.lstrip())
-    enc = rtok(" " + full.strip(), add_special_tokens=False, return_offsets_mapping=True)
-    out = []
-    for a, b in enc["offset_mapping"]:
-        a, b = a - 1 + lead, max(b - 1 + lead, a - 1 + lead + 1)
-        start, best = 0, 0
-        for k, e in enumerate(ends):
-            if e > a and start < b:
-                best = max(best, rating[k])
-            start = e
-        out.append(best)
-    return enc["input_ids"][:len(ids)], out[:len(ids)]
+def receiver_ratings(sender: Sender, llm):
+    """(ids, ratings) -> the receiver's own tokens of the ids' text (as TokenAdapter reads them, cut
+    to len(ids)) and each one's bucket (adapter.receiver_ratings: the highest of the ids its
+    characters overlap)."""
+    to_tokens, to_ratings = receiver_tokens(sender.tokenizer, llm), adapter_ratings(sender.tokenizer, llm)
+    return lambda ids, rating: (to_tokens(ids)[:len(ids)], to_ratings(ids, rating)[:len(ids)])
 
 
 class Reader(torch.nn.Module):
@@ -183,8 +167,8 @@ def main(argv=None) -> dict:
     E = llm.model.get_input_embeddings().weight.detach()
     base = TokenAdapter(E.shape[1], args.M)
     base.set_table(E, receiver_tokens(sender.tokenizer, llm))
-    d_train = [receiver_ratings(sender, llm, i, r) for i, r in s_train]
-    d_test = [receiver_ratings(sender, llm, i, r) for i, r in s_test]
+    align = receiver_ratings(sender, llm)
+    d_train, d_test = [align(i, r) for i, r in s_train], [align(i, r) for i, r in s_test]
     assert all(t == base.tokens(i) for (t, _), (i, _) in zip(d_test, s_test)), "alignment != TokenAdapter.tokens"
     lr = args.lr or REL_LR * E.abs().mean().item()
     K, out = params.kd.K_max, {"slot": args.slot, "M": args.M, "n": len(test), "train_rows": len(rows),

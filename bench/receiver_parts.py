@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
     E = llm.model.get_input_embeddings().weight.detach()
     base = TokenAdapter(E.shape[1], args.M)
     base.set_table(E, receiver_tokens(sender.tokenizer, llm))
-    d_test = [receiver_ratings(sender, llm, i, r) for i, r in s_test]
+    d_test = [receiver_ratings(sender, llm)(i, r) for i, r in s_test]
     assert all(t == base.tokens(i) for (t, _), (i, _) in zip(d_test, s_test)), "alignment != TokenAdapter.tokens"
     state = load_file(str(Path(args.checkpoint) / "model.safetensors"))
     out = {"slot": args.slot, "M": args.M, "n": len(test), "checkpoint": args.checkpoint, "variants": {}}

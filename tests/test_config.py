@@ -131,6 +131,19 @@ def test_value_ranges(tmp_path):
     assert "pick.ema: a decay in [0, 1), not 1.0" in error(edited(tmp_path, {"pick.ema": 1.0}))
 
 
+@pytest.mark.parametrize("edges", [[0.5, 0.3], [0.0, 0.5], [0.5, 1.0], [0.4, 0.4], [0.001 * k for k in range(1, 257)]])
+def test_rating_edges_are_increasing_probabilities(tmp_path, edges):
+    assert "ids.rating_edges: at most 255 increasing probabilities in (0, 1)" in error(
+        edited(tmp_path, {"ids.rating_edges": edges}))
+
+
+@pytest.mark.parametrize("edges, bits", [([], 0), ([0.5], 1), ([0.3, 0.6, 0.8], 2), ([0.2, 0.4, 0.6, 0.8], 3),
+                                         ([0.003 * k for k in range(1, 256)], 8)])
+def test_rating_bits_hold_every_bucket(tmp_path, edges, bits):
+    ids = load_params(edited(tmp_path, {"ids.rating_edges": edges})).ids
+    assert ids.rating_bits == bits and 2 ** bits >= len(edges) + 1 > 2 ** (bits - 1) if bits else not edges
+
+
 def test_M_must_fit_the_payload_header(tmp_path):
     msg = error(edited(tmp_path, {"stage1.M": 256}))
     assert "params.stage1" in msg and "M = 256" in msg and "at most 255" in msg

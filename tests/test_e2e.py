@@ -166,6 +166,9 @@ def test_the_other_senders_knobs_rerun_nothing(project):
     assert "curriculum-stage@stage1" in stale_after(project, train__adapter_rank=8)
     assert {"pick", "curriculum-stage@stage1", "text-baselines", "evaluate"} <= stale_after(
         project, ids__feature_model="qwen")
+    # the rating channel changes the payload and the adapters, not the pick nor the KD cache
+    assert stale_after(project, ids__rating_edges=[0.3, 0.6, 0.8]) == {
+        "curriculum-stage@stage1", "curriculum-stage@stage2", "curriculum-stage@stage3", "text-baselines", "evaluate"}
 
 
 def test_params_change_reruns_only_dependents(project):

@@ -486,7 +486,7 @@ def test_highlight_benchmark_aligns_the_ratings_and_starts_at_the_text(project, 
     enc = s.tokenizer(line, add_special_tokens=False, return_offsets_mapping=True)
     ids, at = enc["input_ids"], line.index("tower")
     rating = [3 if a < at + 5 and b > at else 0 for a, b in enc["offset_mapping"]]  # the tokens of "tower"
-    tok, got = hl.receiver_ratings(s, qwen, ids, rating)
+    tok, got = hl.receiver_ratings(s, qwen)(ids, rating)
     text = [qwen.tokenizer.decode([t]) for t in tok]
     assert len(got) == len(tok) and set(got) == {0, 3}
     assert "".join(t for t, b in zip(text, got) if b == 3).strip().lower() == "tower", (text, got)

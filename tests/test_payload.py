@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latentwire import payload
-from latentwire.payload import KIND_IDS, KIND_VALUES, Latent, Limits, PayloadError, pack, unpack
+from latentwire.payload import KIND_IDS, KIND_RATED_IDS, KIND_VALUES, Latent, Limits, PayloadError, pack, unpack
 
 REPO = Path(__file__).resolve().parents[1]
 CODEBOOK = 0xBEEF
@@ -50,6 +50,50 @@ def test_values_round_trip_within_the_quantisation_step(n, width, bits, group, s
 
 def test_ids_payload_is_two_bytes_a_slot_plus_seven():
     assert len(pack(Latent(KIND_IDS, 16, None, ids=list(range(32))), CODEBOOK)) == 71  # 2.22 B a slot
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), n=st.integers(0, 255), rb=st.integers(1, 8), codebook=st.integers(0, 65535))
+def test_rated_ids_round_trip_exactly(data, n, rb, codebook):
+    ids = data.draw(st.lists(st.integers(0, 65535), min_size=n, max_size=n))
+    ratings = data.draw(st.lists(st.integers(0, 2 ** rb - 1), min_size=n, max_size=n))
+    sent = pack(Latent(KIND_RATED_IDS, 16, None, ids=ids, ratings=ratings, rating_bits=rb), codebook)
+    assert len(sent) == payload.HEADER + 1 + 2 * n + -(-n * rb // 8) + payload.TRAILER
+    back = unpack(sent, codebook, Limits(rating_bits=rb))
+    assert (back.kind, back.ids, back.ratings, back.rating_bits) == (KIND_RATED_IDS, ids, ratings, rb)
+
+
+def test_rated_ids_at_M_32_cost_nine_bytes_more():
+    rated = Latent(KIND_RATED_IDS, 16, None, ids=list(range(32)), ratings=[k % 4 for k in range(32)], rating_bits=2)
+    assert len(pack(rated, CODEBOOK)) == 71 + 1 + 8  # the ratings' bits byte + 32 x 2 bits: 2.5 B a slot
+
+
+def rated_payload(ids: list[int], ratings_body: bytes, rb: int = 2) -> bytes:
+    head = bytes([payload.MAGIC, (payload.VERSION << 4) | KIND_RATED_IDS, len(ids), 16, payload.NO_HINT])
+    return sealed(head + bytes([rb]) + np.asarray(ids, dtype="<u2").tobytes() + ratings_body)
+
+
+@pytest.mark.parametrize("data, limits, match", [
+    (pack(Latent(KIND_IDS, 16, None, ids=[500, 600]), CODEBOOK), Limits(rating_bits=2),
+     "carries no ratings, this receiver reads 2-bit ratings"),
+    (rated_payload([500, 600], bytes([0b0111])), Limits(rating_bits=0),
+     "carries 2-bit ratings, this receiver reads no ratings"),
+    (rated_payload([500, 600], bytes([0b0111])), Limits(rating_bits=1), "this receiver reads 1-bit ratings"),
+    (rated_payload([500, 600], bytes([0b110111])), None, "padding bits after the last rating are not zero"),
+    (rated_payload([500], bytes([1, 0]), rb=9), None, "9 bits a rating, 1 to 8"),
+    (rated_payload([500], b"", rb=0), None, "0 bits a rating, 1 to 8"),
+    (rated_payload([500, 600], b""), None, "does not match its header"),
+])
+def test_ratings_the_receiver_cannot_read_are_refused(data, limits, match):
+    with pytest.raises(PayloadError, match=match):
+        unpack(data, CODEBOOK, limits)
+
+
+def test_pack_refuses_ratings_that_do_not_fit():
+    for ratings, rb, match in (([0, 4], 2, "rating 4 at slot 1 does not fit 2 bits"), ([1], 2, "1 ratings for 2 ids"),
+                               (None, 2, "None ratings for 2 ids"), ([0, 0], 0, "rating_bits 0")):
+        with pytest.raises(PayloadError, match=match):
+            pack(Latent(KIND_RATED_IDS, 16, None, ids=[5, 6], ratings=ratings, rating_bits=rb), CODEBOOK)
 
 
 @pytest.fixture
@@ -142,7 +186,7 @@ SUSPECT = [0, 1, 16, 17, 49151, 49152, 60000, 65535]  # the limits' edges
 def checksummed(draw) -> bytes:
     """Any header and body under a valid CRC: a well-formed ids or values body (ids near the
     limits' edges, values any bytes) or raw bytes under any header."""
-    shape, hint = draw(st.sampled_from(["ids", "values", "raw"])), draw(st.integers(0, 255))
+    shape, hint = draw(st.sampled_from(["ids", "rated", "values", "raw"])), draw(st.integers(0, 255))
     bits = draw(st.one_of(st.sampled_from([16, 8, 4]), st.integers(0, 255)))
     if shape == "ids":  # codebook ids, mostly 16 bits, often one of them suspect
         n = draw(st.integers(0, 40))
@@ -150,6 +194,10 @@ def checksummed(draw) -> bytes:
         if n and draw(st.sampled_from([True, True, False])):
             ids[draw(st.integers(0, n - 1))] = draw(st.one_of(st.sampled_from(SUSPECT), st.integers(0, 65535)))
         kind, body, bits = KIND_IDS, np.asarray(ids, dtype="<u2").tobytes(), draw(st.sampled_from([16, 16, 16, bits]))
+        if shape == "rated":  # their ratings' bits (mostly 1 to 8), then any bytes, mostly as many as they take
+            rb = draw(st.one_of(st.integers(1, 8), st.integers(0, 255)))
+            size = draw(st.sampled_from([-(-n * rb // 8)] * 3 + [draw(st.integers(0, 40))]))
+            kind, body = KIND_RATED_IDS, bytes([rb]) + body + draw(st.binary(min_size=size, max_size=size))
     elif shape == "values":
         n, width, group = draw(st.integers(0, 40)), draw(st.integers(0, 24)), draw(st.integers(1, 64))
         bits = bits if bits in (16, 8, 4) else 16
@@ -157,7 +205,7 @@ def checksummed(draw) -> bytes:
         size = len(layout) - payload.HEADER - payload.TRAILER - 2  # after width and group
         kind, body = KIND_VALUES, bytes([width, group]) + draw(st.binary(min_size=size, max_size=size))
     else:
-        kind = draw(st.one_of(st.sampled_from([KIND_IDS, KIND_VALUES]), st.integers(0, 15)))
+        kind = draw(st.one_of(st.sampled_from([KIND_IDS, KIND_RATED_IDS, KIND_VALUES]), st.integers(0, 15)))
         n, body = draw(st.integers(0, 255)), draw(st.binary(max_size=200))
     return sealed(bytes([payload.MAGIC, (payload.VERSION << 4) | kind, n, bits, hint]) + body)
 
@@ -171,8 +219,9 @@ def test_checksummed_payloads_are_refused_or_within_the_limits(data):
     except PayloadError:
         return
     assert got.n == data[2]
-    if got.kind == KIND_IDS:
+    if got.kind in (KIND_IDS, KIND_RATED_IDS):
         assert got.bits == 16 and got.n <= LIMITS.max_slots
+        assert got.kind == KIND_IDS or (len(got.ratings) == got.n and max(got.ratings, default=0) < 2 ** got.rating_bits)
         assert all(0 <= i < LIMITS.vocab_size and i not in LIMITS.forbidden for i in got.ids)
         assert pack(got, CODEBOOK, LIMITS) == data  # what passes is exactly re-sendable
     else:
@@ -209,7 +258,7 @@ def receiver(tmp_path_factory, tiny_models, one_thread):
 def test_sender_limits_name_the_codebook_and_its_special_tokens(receiver):
     s = receiver.lw.codec.sender
     tok, lim = s.tokenizer, s.limits()
-    assert lim == receiver.lw.codec.limits == Limits(len(tok), 8, lim.forbidden)
+    assert lim == receiver.lw.codec.limits == Limits(len(tok), 8, lim.forbidden, rating_bits=0)  # the channel off: no ratings
     assert {tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<eos>", "<pad>")} <= lim.forbidden
     assert s.limits(5).max_slots == 5
 

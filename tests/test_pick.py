@@ -176,11 +176,12 @@ def test_no_input_building_code_reads_an_answer():
     import inspect
     import textwrap
 
-    from latentwire import baselines, data, ids, payload, receiver, sender
+    from latentwire import adapter, baselines, data, ids, payload, receiver, sender
     builders = [data.cut_context, data.capped, pick.read, pick.spans_for, pick.picked_ids, sender.Sender.pick,
                 sender.Sender.spend, sender.Sender.send, sender.Sender.decode, payload.pack, baselines.text_variants,
                 baselines.cut_tokens, baselines.send_all, receiver.Receiver.rest, receiver.Receiver.read,
-                receiver.Receiver.answer, ids.IdCodec.pick, ids.IdCodec.latents, ids.IdCodec.ids, ids.IdCodec.soft]
+                receiver.Receiver.answer, ids.IdCodec.pick, ids.IdCodec.latents, ids.IdCodec.latent, ids.IdCodec.soft,
+                pick.lay_out, sender.Sender.latent, adapter.TokenAdapter.forward, adapter.receiver_ratings]
     for f in builders:
         tree = ast.parse(textwrap.dedent(inspect.getsource(f)))
         doc = ast.get_docstring(tree.body[0], clean=False)

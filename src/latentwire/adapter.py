@@ -62,19 +62,27 @@ class TokenAdapter(nn.Module):
     correction and a position per slot. (Before, each id took one position, the mean of the
     model's embeddings of its string's tokens: unreadable where the string splits, and the
     codebook's segmentation where the model's own packs the text tighter; Qwen's latent read
-    0.032 F1 below the same text, docs/RESULTS.md.)"""
+    0.032 F1 below the same text, docs/RESULTS.md.)
 
-    def __init__(self, hidden: int, M: int, rank: int = 64):
+    The rating channel (`ratings` buckets, ids.rating_edges): each position also adds a learned
+    embedding of its token's rating bucket (the highest of the ids its characters come from),
+    zero at the start too: what the text cannot carry, which only a learned receiver can read."""
+
+    def __init__(self, hidden: int, M: int, rank: int = 64, ratings: int = 0):
         super().__init__()
         self.E: torch.Tensor | None = None  # set_table(): the model's input embeddings [V, hidden]
         self.to_tokens = None               # set_table(): codebook ids -> the model's own tokens
+        self.to_ratings = None              # set_table(): (ids, ratings) -> a rating per own token
         self.delta = nn.Sequential(nn.Linear(hidden, rank), nn.GELU(), nn.Linear(rank, hidden))
         nn.init.zeros_(self.delta[2].weight)
         nn.init.zeros_(self.delta[2].bias)
         self.pos = nn.Parameter(torch.zeros(M, hidden))
+        self.rating = nn.Embedding(ratings, hidden) if ratings else None
+        if self.rating is not None:
+            nn.init.zeros_(self.rating.weight)
 
-    def set_table(self, embeddings: torch.Tensor, to_tokens) -> None:
-        self.E, self.to_tokens = embeddings, to_tokens
+    def set_table(self, embeddings: torch.Tensor, to_tokens, to_ratings=None) -> None:
+        self.E, self.to_tokens, self.to_ratings = embeddings, to_tokens, to_ratings
 
     def tokens(self, ids: list[int]) -> list[int]:
         """The model's own tokens of the ids' text, cut to len(ids) positions."""
@@ -82,13 +90,22 @@ class TokenAdapter(nn.Module):
             raise RuntimeError("TokenAdapter: call set_table(embeddings, receiver_tokens(...)) first")
         return self.to_tokens(ids)[:len(ids)]
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [n] -> soft tokens [<= n, hidden]; more than M positions (a dataset with its own
-        larger M) read the slot positions interpolated to that many."""
-        tok = torch.tensor(self.tokens(ids.tolist()), dtype=torch.long, device=self.E.device)
+    def forward(self, ids: torch.Tensor, ratings: list[int] | None = None) -> torch.Tensor:
+        """ids [n] (and with the rating channel each one's rating) -> soft tokens [<= n, hidden];
+        more than M positions (a dataset with its own larger M) read the slot positions
+        interpolated to that many."""
+        ids = ids.tolist()
+        tok = torch.tensor(self.tokens(ids), dtype=torch.long, device=self.E.device)
         e = self.E[tok].to(self.pos.device, self.pos.dtype)
         pos = self.pos if len(tok) <= len(self.pos) else resize_rows(self.pos, len(tok))  # a dataset's own larger M
-        return e + self.delta(e) + pos[:len(tok)]
+        x = e + self.delta(e) + pos[:len(tok)]
+        if self.rating is None:
+            return x
+        if ratings is None or len(ratings) != len(ids):
+            raise ValueError("TokenAdapter: this adapter reads the rating channel (ids.rating_edges): "
+                             "every id needs its rating")
+        own = self.to_ratings(ids, ratings)[:len(tok)] if self.to_ratings else ratings[:len(tok)]
+        return x + self.rating(torch.tensor(own, dtype=torch.long, device=self.pos.device))
 
     @torch.no_grad()
     def resize(self, M: int) -> None:
@@ -103,6 +120,28 @@ def receiver_tokens(codebook_tokenizer, receiver):
     if codebook_tokenizer.get_vocab() == rtok.get_vocab():
         return list
     return lambda ids: rtok(" " + codebook_tokenizer.decode(ids).strip(), add_special_tokens=False)["input_ids"]
+
+
+def receiver_ratings(codebook_tokenizer, receiver):
+    """(codebook ids, a rating each) -> a rating for each of the receiver's own tokens of the same
+    text (`receiver_tokens`): the highest rating of the ids whose characters that token overlaps
+    (the ratings themselves where the two tokenizers are one)."""
+    ctok, rtok = codebook_tokenizer, receiver.tokenizer
+    if ctok.get_vocab() == rtok.get_vocab():
+        return lambda ids, ratings: list(ratings)
+
+    def rate(ids: list[int], ratings: list[int]) -> list[int]:
+        ends = [len(ctok.decode(ids[:k + 1])) for k in range(len(ids))]  # where each id's text ends
+        starts = [0, *ends[:-1]]
+        full = ctok.decode(ids)
+        lead = len(full) - len(full.lstrip())  # " " + full.strip(): char c is full's c - 1 + lead
+        enc = rtok(" " + full.strip(), add_special_tokens=False, return_offsets_mapping=True)
+        out = []
+        for a, b in enc["offset_mapping"]:
+            a, b = a - 1 + lead, max(b - 1 + lead, a + lead)
+            out.append(max((r for r, s, e in zip(ratings, starts, ends) if e > a and s < b), default=0))
+        return out
+    return rate
 
 
 def string_tokens(codebook_tokenizer, receiver, ids: list[int] | None = None) -> list[list[int]]:

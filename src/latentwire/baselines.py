@@ -225,7 +225,7 @@ def send_all(params: Params, rows: list[dict], pick_dir: str | Path) -> Sent:
     picks = [sender.pick(r["question"], r["context"], M_of[r["dataset"]])
              for r in tqdm(rows, desc="pick", leave=False, disable=None)]
     limits = sender.limits(max(M_of.values()))
-    nbytes = {r["id"]: len(payload.pack(payload.Latent(payload.KIND_IDS, 16, None, ids=p.ids), sender.codebook, limits))
+    nbytes = {r["id"]: len(payload.pack(sender.latent(p), sender.codebook, limits))
               for r, p in zip(rows, picks)}
     return Sent(nbytes, {r["id"]: sender.decode(p.ids) for r, p in zip(rows, picks)},
                 pick_report(rows, picks, [M_of[r["dataset"]] for r in rows], params.seed))

@@ -128,6 +128,19 @@ class IdsConfig:
     """encoder.kind ids: picked context tokens sent as 16-bit ids of a codebook (the pick has its
     own section, `pick`; the receivers' adapters are trained under `train`)."""
     feature_model: str = "llama"     # the model slot whose tokenizer is the codebook (its embeddings feed the pick)
+    rating_edges: list[float] = field(default_factory=list)  # the rating channel (off: []): each id also
+                                     # carries the pick's answer probability as a bucket cut at these edges
+                                     # (3 edges: 2 bits an id), read through a learned embedding per bucket
+
+    def __post_init__(self):
+        e = self.rating_edges
+        if any(not 0.0 < x < 1.0 for x in e) or any(a >= b for a, b in zip(e, e[1:])) or len(e) > 255:
+            raise ConfigError(f"ids.rating_edges: at most 255 increasing probabilities in (0, 1), not {e}")
+
+    @property
+    def rating_bits(self) -> int:
+        """Bits an id's rating bucket takes on the wire (0: the channel is off)."""
+        return (len(self.rating_edges)).bit_length()
 
 
 @dataclass

@@ -5,6 +5,10 @@ Nothing on the sender's side is trained by the curriculum: it trains the adapter
 adapter's base is the receiver's own tokens of the ids' text and their embeddings (`attach`
 builds it from the receiver), cut to as many positions as ids were sent, so a receiver that
 shares the codebook's tokenizer reads the ids exactly and another reads the same text.
+
+The rating channel (ids.rating_edges, off by default): the payload also carries each id's rating
+bucket (the pick's answer probability, `Sender.pick`), and each adapter adds a learned embedding
+per bucket (zero at the start, so its step 0 reads what the channel off reads).
 """
 from __future__ import annotations
 
@@ -14,8 +18,8 @@ import torch
 from torch import nn
 
 from . import pick
-from .adapter import TokenAdapter, receiver_tokens, string_tokens
-from .payload import KIND_IDS, Latent, Limits
+from .adapter import TokenAdapter, receiver_ratings, receiver_tokens, string_tokens
+from .payload import Latent, Limits
 from .sender import Sender
 
 
@@ -23,12 +27,13 @@ class IdCodec(nn.Module):
     def __init__(self, params, M: int, hidden: dict[str, int], pick_dir: str | Path = "models/pick"):
         super().__init__()
         self.params, self.pick_dir, self._M = params, Path(pick_dir), M
-        self.adapters = nn.ModuleDict({s: TokenAdapter(hidden[s], M, params.train.adapter_rank)
+        buckets = 2 ** params.ids.rating_bits if params.ids.rating_edges else 0  # any value the bits can hold
+        self.adapters = nn.ModuleDict({s: TokenAdapter(hidden[s], M, params.train.adapter_rank, buckets)
                                        for s in params.models})
         self._sender: Sender | None = None
         self.readers: dict = {}                    # slot -> the attached LLM (its tokenizer: `split`)
         self.splits: dict[str, dict[int, int]] = {}  # slot -> {codebook id: its string's receiver tokens}
-        self.memo: dict[str, list[int]] = {}       # row id -> picked ids (training rows only)
+        self.memo: dict[str, Latent] = {}          # row id -> its latent (training rows only)
 
     @property
     def M(self) -> int:
@@ -69,7 +74,8 @@ class IdCodec(nn.Module):
         """Build the frozen string mapping codebook id -> llm's own tokens and embeddings (never saved)."""
         self.readers[llm.slot], self.splits[llm.slot] = llm, {}
         self.adapters[llm.slot].set_table(llm.model.get_input_embeddings().weight.detach(),
-                                          receiver_tokens(self.sender.tokenizer, llm))
+                                          receiver_tokens(self.sender.tokenizer, llm),
+                                          receiver_ratings(self.sender.tokenizer, llm))
 
     def split(self, slot: str, ids: list[int]) -> list[int]:
         """How many of the slot's receiver tokens each codebook id's string alone takes (a
@@ -80,22 +86,23 @@ class IdCodec(nn.Module):
             memo.update(zip(new, map(len, string_tokens(self.sender.tokenizer, self.readers[slot], new))))
         return [memo[i] for i in ids]
 
-    def ids(self, row: dict) -> list[int]:
+    def latent(self, row: dict) -> Latent:
+        """A training row's latent, picked once."""
         if row["id"] not in self.memo:
-            self.memo[row["id"]] = self.pick(row).ids
+            self.memo[row["id"]] = self.sender.latent(self.pick(row))
         return self.memo[row["id"]]
 
     def train_softs(self, rows: list[dict], qat: bool):
-        """Per slot the soft tokens of every row's picked ids (exact: no quantisation to train
-        through); no extra loss."""
-        ids = [torch.tensor(self.ids(r), dtype=torch.long) for r in rows]
-        return {s: [a(i) for i in ids] for s, a in self.adapters.items()}, 0.0, {}
+        """Per slot the soft tokens of every row's latent, as its payload carries it (exact: no
+        quantisation to train through); no extra loss."""
+        lats = [self.latent(r) for r in rows]
+        return {s: [self.soft(s, lat) for lat in lats] for s in self.adapters}, 0.0, {}
 
     def latents(self, rows: list[dict]) -> list[Latent]:
-        return [Latent(KIND_IDS, 16, None, ids=self.pick(r).ids) for r in rows]
+        return [self.sender.latent(self.pick(r)) for r in rows]
 
     def soft(self, slot: str, latent: Latent) -> torch.Tensor:
-        return self.adapters[slot](torch.tensor(latent.ids, dtype=torch.long))
+        return self.adapters[slot](torch.tensor(latent.ids, dtype=torch.long), latent.ratings)
 
     @torch.no_grad()
     def diagnose(self, slot: str, llm, latents: list[Latent], sents: list[Latent], softs: list) -> list[dict]:

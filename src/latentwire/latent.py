@@ -22,9 +22,10 @@ from .llm import FrozenLLM
 
 # what a checkpoint must match to load, per sender (the rest of its meta.json is informative):
 # the sender's own knobs (read from its params section) and what every checkpoint records
-SENDER_FIELDS = {"ids": ("feature_model",),
+SENDER_FIELDS = {"ids": ("feature_model", "rating_edges"),
                  "bytes": ("d_z", "layers", "heads", "max_bytes", "hint_buckets", "d_wire", "shared_fraction")}
 ARCH_FIELDS = {kind: ("kind", *fields, "slots", "hidden") for kind, fields in SENDER_FIELDS.items()}
+ARCH_ABSENT = {"rating_edges": []}  # what a checkpoint saved before a field was recorded had
 
 
 class LatentWire(nn.Module):
@@ -98,8 +99,8 @@ class LatentWire(nn.Module):
             state = load_file(str(folder / "model.safetensors"))
         except (OSError, ValueError, SafetensorError) as e:  # truncated or garbled files
             raise ValueError(f"{folder}: unreadable or corrupted checkpoint: {e}") from None
-        bad = [f"{f}: checkpoint {meta.get(f)!r} != params {self.arch[f]!r}"
-               for f in ARCH_FIELDS[self.arch["kind"]] if meta.get(f) != self.arch[f]]
+        bad = [f"{f}: checkpoint {meta.get(f, ARCH_ABSENT.get(f))!r} != params {self.arch[f]!r}"
+               for f in ARCH_FIELDS[self.arch["kind"]] if meta.get(f, ARCH_ABSENT.get(f)) != self.arch[f]]
         if bad:
             raise ValueError(f"{folder}: checkpoint does not match params: " + "; ".join(bad))
         M = self.M

@@ -2,7 +2,7 @@
 
     offset  size  field
     0       1     magic 0x4C ("L")
-    1       1     format version (high 4 bits) | code kind (low 4 bits): 1 ids, 2 values
+    1       1     format version (high 4 bits) | code kind (low 4 bits): 1 ids, 2 values, 3 rated ids
     2       1     n: slots in this payload (at most M; fewer when the context is short)
     3       1     bits: 16 for ids (uint16 each); 16, 8 or 4 for values
     4       1     hint: the answer-length bucket, 0xFF for none
@@ -10,7 +10,9 @@
     -2      2     CRC-16/CCITT of bytes 0..-2, seeded with the codebook's fingerprint
 
 Body of kind ids: n little-endian uint16 indices into the shared codebook (the sender's
-vocabulary). Body of kind values (the continuous codes d_wire x bits of the learned senders):
+vocabulary). Body of kind rated ids (ids.rating_edges, the rating channel): r, the bits of a
+rating (1 byte), the n ids as in kind ids, then each id's rating bucket in r bits, packed
+least significant bit first (ceil(n r / 8) bytes). Body of kind values (the continuous codes d_wire x bits of the learned senders):
 width (1 byte), group size (1 byte), then fp16 values (bits 16) or, for ints, one fp16 scale
 per group of `group size` values followed by the values as signed ints (int4: two a byte).
 
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC, VERSION = 0x4C, 1
-KIND_IDS, KIND_VALUES = 1, 2
+KIND_IDS, KIND_VALUES, KIND_RATED_IDS = 1, 2, 3
 NO_HINT = 0xFF
 HEADER, TRAILER = 5, 2
 
@@ -45,11 +47,13 @@ class PayloadError(ValueError):
 @dataclass(frozen=True)
 class Limits:
     """What a receiver accepts in a payload of kind ids: at most max_slots ids (its M), each
-    below vocab_size (the codebook's length) and none of `forbidden` (its special tokens).
-    The defaults are the header's own bounds."""
+    below vocab_size (the codebook's length) and none of `forbidden` (its special tokens); and
+    ratings of rating_bits bits each (0: none, kind ids; None: any). The defaults are the header's
+    own bounds."""
     vocab_size: int = 65536
     max_slots: int = 255
     forbidden: frozenset[int] = frozenset()
+    rating_bits: int | None = None
 
     def __post_init__(self):
         if not 0 < self.vocab_size <= 65536:
@@ -70,19 +74,40 @@ def check_ids(ids: list[int], bits: int, limits: Limits | None = None) -> None:
             raise PayloadError(f"ids: id {i} at slot {k} is a special/control token of the codebook")
 
 
+def check_ratings(ids: list[int], ratings: list[int] | None, rating_bits: int, limits: Limits | None = None) -> None:
+    """PayloadError unless the ratings are one per id in rating_bits bits (kind ids: none), as
+    many bits as the receiver reads."""
+    want = (limits or Limits()).rating_bits
+    if want is not None and want != rating_bits:
+        say = lambda b: f"{b}-bit ratings" if b else "no ratings"  # noqa: E731
+        raise PayloadError(f"ratings: the payload carries {say(rating_bits)}, this receiver reads {say(want)} "
+                           "(ids.rating_edges: the sender's and the receiver's differ)")
+    if not rating_bits:
+        return
+    if not 1 <= rating_bits <= 8 or ratings is None or len(ratings) != len(ids):
+        raise PayloadError(f"ratings: {rating_bits} bits, {None if ratings is None else len(ratings)} ratings "
+                           f"for {len(ids)} ids: 1 to 8 bits, one rating an id")
+    for k, r in enumerate(ratings):
+        if not 0 <= r < 2 ** rating_bits:
+            raise PayloadError(f"ratings: rating {r} at slot {k} does not fit {rating_bits} bits")
+
+
 @dataclass
 class Latent:
-    """What a payload carries: ids [n] (kind ids) or values [n, width] (kind values)."""
+    """What a payload carries: ids [n] (kind ids; kind rated ids: with ratings [n] of rating_bits
+    each) or values [n, width] (kind values)."""
     kind: int
     bits: int
     hint: int | None
     ids: list[int] | None = None
     values: np.ndarray | None = None
     group_size: int = 32
+    ratings: list[int] | None = None
+    rating_bits: int = 0
 
     @property
     def n(self) -> int:
-        return len(self.ids) if self.kind == KIND_IDS else int(self.values.shape[0])
+        return int(self.values.shape[0]) if self.kind == KIND_VALUES else len(self.ids)
 
 
 def fingerprint(vocab: dict[str, int]) -> int:
@@ -135,9 +160,16 @@ def pack(latent: Latent, codebook: int, limits: Limits | None = None) -> bytes:
     hint = NO_HINT if latent.hint is None else int(latent.hint)
     if latent.hint is not None and not 0 <= hint < NO_HINT:
         raise PayloadError(f"hint {hint}: must be in [0, 254] (255 means none)")
-    if latent.kind == KIND_IDS:
+    if latent.kind in (KIND_IDS, KIND_RATED_IDS):
+        rb = latent.rating_bits if latent.kind == KIND_RATED_IDS else 0
         check_ids(latent.ids, latent.bits, limits)
+        check_ratings(latent.ids, latent.ratings, rb, limits)
+        if latent.kind == KIND_RATED_IDS and not rb:
+            raise PayloadError("rated ids: rating_bits 0 (a latent without ratings is kind ids)")
         body = np.asarray(latent.ids, dtype="<u2").tobytes()
+        if rb:
+            bits = (np.asarray(latent.ratings, dtype=np.uint8)[:, None] >> np.arange(rb, dtype=np.uint8)) & 1
+            body = bytes([rb]) + body + np.packbits(bits.reshape(-1), bitorder="little").tobytes()
     elif latent.kind == KIND_VALUES:
         if latent.bits not in (16, 8, 4):
             raise PayloadError(f"values: bits {latent.bits} not in (16, 8, 4)")
@@ -167,6 +199,10 @@ def unpack(payload: bytes, codebook: int, limits: Limits | None = None) -> Laten
     body = payload[HEADER:-TRAILER]
     if kind == KIND_IDS:
         expected = 2 * n
+    elif kind == KIND_RATED_IDS:
+        if len(body) < 1:
+            raise PayloadError("payload truncated: the ratings' bits are missing")
+        expected = 1 + 2 * n + -(-n * body[0] // 8)
     elif kind == KIND_VALUES:
         if len(body) < 2:
             raise PayloadError("payload truncated: the values header is missing")
@@ -177,7 +213,7 @@ def unpack(payload: bytes, codebook: int, limits: Limits | None = None) -> Laten
         if bits not in (16, 8, 4) or group == 0:
             raise PayloadError(f"values: bits {bits} / group size {group} are not valid")
     else:
-        raise PayloadError(f"unknown code kind {kind} (version {version} knows 1 ids, 2 values)")
+        raise PayloadError(f"unknown code kind {kind} (version {version} knows 1 ids, 2 values, 3 rated ids)")
     if len(body) != expected:
         raise PayloadError(f"payload length {len(payload)} does not match its header "
                            f"({HEADER + expected + TRAILER} bytes for n = {n}): truncated or garbled")
@@ -189,7 +225,21 @@ def unpack(payload: bytes, codebook: int, limits: Limits | None = None) -> Laten
     if kind == KIND_IDS:
         ids = np.frombuffer(body, dtype="<u2").astype(int).tolist()
         check_ids(ids, bits, limits)
+        check_ratings(ids, None, 0, limits)
         return Latent(KIND_IDS, bits, hint_v, ids=ids)
+    if kind == KIND_RATED_IDS:
+        rb = body[0]
+        ids = np.frombuffer(body[1:1 + 2 * n], dtype="<u2").astype(int).tolist()
+        if not 1 <= rb <= 8:
+            raise PayloadError(f"ratings: {rb} bits a rating, 1 to 8")
+        flat = np.unpackbits(np.frombuffer(body[1 + 2 * n:], dtype=np.uint8), bitorder="little")
+        if flat[n * rb:].any():
+            raise PayloadError("ratings: the padding bits after the last rating are not zero: garbled")
+        flat = flat[:n * rb]
+        ratings = (flat.reshape(n, rb).astype(int) << np.arange(rb)).sum(1).tolist()
+        check_ids(ids, bits, limits)
+        check_ratings(ids, ratings, rb, limits)
+        return Latent(KIND_RATED_IDS, bits, hint_v, ids=ids, ratings=ratings, rating_bits=rb)
     width, group = body[0], body[1]
     count, data = n * width, body[2:]
     if bits == 16:

@@ -579,11 +579,17 @@ def spans_for(scores: list[float], sentence: list[int], M: int, span: int,
 
 
 def picked_ids(r: Read, spans: list[tuple[int, int]], sep_id: int) -> list[int]:
-    out: list[int] = []
+    return lay_out(r.ids, spans, sep_id)
+
+
+def lay_out(values: list, spans: list[tuple[int, int]], sep) -> list:
+    """Per-token values of the spans in the payload's layout: span after span, `sep` between two
+    that do not touch."""
+    out: list = []
     for k, (a, b) in enumerate(spans):
         if k and spans[k - 1][1] < a:
-            out.append(sep_id)
-        out += r.ids[a:b]
+            out.append(sep)
+        out += values[a:b]
     return out
 
 

@@ -41,10 +41,12 @@ from .llm import model_folder
 
 @dataclass
 class Picked:
-    """One sent context: the ids on the wire, the spans they came from, and the read."""
+    """One sent context: the ids on the wire, the spans they came from, the read, and (the rating
+    channel on) each id's rating bucket (a separator's: 0)."""
     ids: list[int]
     spans: list[tuple[int, int]]
     read: pick.Read
+    ratings: list[int] | None = None
 
     def texts(self, context: str) -> list[str]:
         return pick.span_texts(self.read, context, self.spans)
@@ -54,10 +56,12 @@ class Sender:
     """question + context -> payload bytes. Load once (`Sender.load`), then `send` per prompt."""
 
     def __init__(self, tokenizer, model: pick.Ensemble, M: int, span: int, max_tokens: int = 2048,
-                 cover: int = 0, grow: float | None = None, whole_words: bool = False):
+                 cover: int = 0, grow: float | None = None, whole_words: bool = False,
+                 rating_edges: list[float] = ()):
         self.tokenizer, self.model, self.M, self.span, self.max_tokens = tokenizer, model, M, span, max_tokens
         self.cover, self.grow = cover, grow
         self.whole_words = whole_words  # spans end between words (pick.spans_for); False: anywhere
+        self.rating_edges = list(rating_edges)  # ids.rating_edges: [] sends ids alone (payload kind ids)
         self.codebook = payload.fingerprint(tokenizer.get_vocab())
         sep = tokenizer(pick.SEPARATOR, add_special_tokens=False)["input_ids"]
         self.sep_id = sep[0]
@@ -82,11 +86,28 @@ class Sender:
         model.eval()
         return cls(load_tokenizer(params), model, M or params.stage3.M, meta["span"],
                    params.pick.max_tokens, meta["cover"], meta.get("grow"),  # no "grow": a pick of before it
-                   params.pick.whole_words)
+                   params.pick.whole_words, params.ids.rating_edges)
+
+    @property
+    def rating_bits(self) -> int:
+        return len(self.rating_edges).bit_length()
 
     def pick(self, question: str, context: str, M: int | None = None) -> Picked:
         r = pick.read(self.tokenizer, question, context, self.max_tokens)
-        return self.spend(r, self.model.score(r), M or self.M)
+        logits = self.model.logits(r) if r.ids else torch.zeros(0, 2)
+        picked = self.spend(r, (logits[:, 0] + self.model.support_weight * logits[:, 1]).tolist(), M or self.M)
+        if self.rating_edges:  # the pick's answer probability of each sent token, as its bucket
+            buckets = torch.bucketize(torch.sigmoid(logits[:, 0]), torch.tensor(self.rating_edges)).tolist()
+            picked.ratings = pick.lay_out(buckets, picked.spans, 0)
+        return picked
+
+    def latent(self, p: Picked) -> payload.Latent:
+        """What the payload carries for a pick: the ids (kind ids) and, the rating channel on,
+        each one's rating bucket (kind rated ids)."""
+        if not self.rating_edges:
+            return payload.Latent(payload.KIND_IDS, 16, None, ids=p.ids)
+        return payload.Latent(payload.KIND_RATED_IDS, 16, None, ids=p.ids, ratings=p.ratings,
+                              rating_bits=self.rating_bits)
 
     def spend(self, r: pick.Read, scores: list[float], M: int) -> Picked:
         """The spans that fill M positions for these token scores, and their ids."""
@@ -97,8 +118,7 @@ class Sender:
     def send(self, question: str, context: str) -> bytes:
         if not context.strip():
             raise ValueError("send: the context is empty")
-        return payload.pack(payload.Latent(payload.KIND_IDS, 16, None, ids=self.pick(question, context).ids),
-                            self.codebook, self.limits())
+        return payload.pack(self.latent(self.pick(question, context)), self.codebook, self.limits())
 
     def decode(self, ids: list[int]) -> str:
         """The picked tokens as plain text (the selected_text baselines)."""
@@ -123,10 +143,10 @@ class Sender:
 
     def limits(self, M: int | None = None) -> payload.Limits:
         """What a receiver of this codebook accepts (payload.unpack): at most M ids, each a token
-        of the tokenizer and none of its special or control tokens."""
+        of the tokenizer and none of its special or control tokens, rated as this sender rates."""
         t = self.tokenizer
         special = set(t.all_special_ids) | {i for i, a in t.added_tokens_decoder.items() if a.special}
-        return payload.Limits(len(t), M or self.M, frozenset(special))
+        return payload.Limits(len(t), M or self.M, frozenset(special), self.rating_bits)
 
 
 def load_tokenizer(params: Params):
