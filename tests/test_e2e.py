@@ -110,11 +110,14 @@ def test_second_repro_is_a_noop(project):
 def test_ledger_runs_a_trained_and_an_edited_lever_against_the_default(project):
     """bench/ledger.py on the repro'd project: a params lever trains its own stages in its own
     workspace, a receiver lever edits a copy of the default's checkpoint; both answer the
-    default's eval questions and get a row. The project itself is left as it was."""
+    default's eval questions and get a row; a lever that changes the payload (the rating channel)
+    measures its own text baselines, with the default's full-text answers reused. The project
+    itself is left as it was."""
     from safetensors.torch import load_file
 
     try:
-        sh(project, sys.executable, str(REPO / "bench/ledger.py"), "--only", "adaptive_K", "learned_receiver")
+        out = sh(project, sys.executable, str(REPO / "bench/ledger.py"), "--only", "adaptive_K", "learned_receiver",
+                 "rating_channel")
         work = project / "bench/ledger"
         levers = json.loads((project / "bench/results/ledger.json").read_text())["levers"]
         assert levers["adaptive_K"]["steps"] == 6 and "steps" not in levers["learned_receiver"]  # max_steps 2 a stage
@@ -127,6 +130,13 @@ def test_ledger_runs_a_trained_and_an_edited_lever_against_the_default(project):
         rows = {line.split(":")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
         assert "[" in rows["adaptive_K"] and "[" in rows["learned_receiver"] and "not run yet" in rows["curriculum"]
         assert levers["adaptive_K"]["contribution"]["llama"]["pooled"]["n"] == 12
+        # the rating channel's payloads weigh more: its own byte budgets, from its own text baselines
+        own = json.loads((work / "rating_channel/data/eval/text_baselines.json").read_text())["metrics"]
+        base = json.loads((project / "data/eval/text_baselines.json").read_text())["metrics"]
+        more = own["llama"]["squad"]["equal_byte"]["bytes"] - base["llama"]["squad"]["equal_byte"]["bytes"]
+        assert 1 < more <= 1 + 8  # a bits byte, 2 bits an id (M = 32)
+        assert own["llama"]["squad"]["text"] == base["llama"]["squad"]["text"] and "reused finished unit" in out
+        assert "[" in rows["rating_channel"] and levers["rating_channel"]["contribution"]["llama"]["pooled"]["n"] == 12
         assert json.loads(sh(project, sys.executable, "-m", "dvc", "status", "--json")) == {}  # the default untouched
     finally:
         shutil.rmtree(project / "bench", ignore_errors=True)
