@@ -4,57 +4,25 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from latentwire import baselines, evaluate, kd, pick, sender, train
+from latentwire import baselines, evaluate, pick, sender
 from latentwire.config import load_params
 from latentwire.receiver import Receiver
 from latentwire.llm import load_frozen
-from tiny import bench, qa_rows as rows  # answer in the third sentence of each context
+from tiny import bench, ids_project, run_ids_pipeline, qa_rows as rows  # answer in each context's third sentence
 
-REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_models):
-    root = tmp_path_factory.mktemp("ids")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["models"] = {"llama": {"source": "local", "path": str(tiny_models["llama"])},
-                     "qwen": {"source": "local", "path": str(tiny_models["qwen"])}}
-    assert raw["encoder"]["kind"] == "ids"  # the default sender
-    raw["pick"].update(spans=[6], hidden=8, epochs=3)
-    raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 4}
-    raw["train"].update(batch_size=4, dev_examples=4, eval_every=2, save_every=1, lr=3e-3)
-    raw["stage1"] = {"M": 12, "epochs": 1, "K": 1, "kd": 1.0, "ce": 0.0}
-    raw["stage2"] = {"M": 10, "epochs": 1, "K": 1, "kd": 1.0, "ce": 1.0}
-    raw["stage3"] = {"M": 8, "epochs": 1, "K": 2, "kd": 1.0, "ce": 1.0}
-    raw["evaluate"] = {"max_new_tokens": 3, "batch_size": 4, "max_examples": None}
-    (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    (root / "data/mix").mkdir(parents=True)
-    splits = {"train": rows(8, "squad") + rows(4, "nq"), "eval": rows(3, "squad", 20) + rows(3, "nq", 30),
-              "pool": rows(40, "squad", 100)}
-    for split, rs in splits.items():
-        (root / f"data/mix/{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
-    return root
+    return ids_project(tmp_path_factory.mktemp("ids"), tiny_models)
 
 
 @pytest.fixture(scope="module")
 def trained(project, one_thread):
-    import os
-    old = os.getcwd()
-    os.chdir(project)
-    try:
-        pm = sender.main("params.yaml")
-        kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
-        for stage in ("stage1", "stage2", "stage3"):
-            train.main(stage, "params.yaml", ".")
-        evaluate.main("params.yaml", part="text")
-        metrics = evaluate.main("params.yaml", part="latent")
-    finally:
-        os.chdir(old)
-    return pm, metrics
+    return run_ids_pipeline(project)
 
 
 def test_pick_stage_fits_and_reuses_its_features(project, trained):

@@ -3,62 +3,34 @@ sent id travels as a bucket beside it (payload kind rated ids), and each receive
 it through a learned embedding per bucket that starts at zero. The whole pipeline runs with it
 on: pick, KD cache, the three stages, the text baselines and the evaluation from payload bytes."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from latentwire import evaluate, kd, payload, pick, sender, train
+from latentwire import payload, pick, sender
 from latentwire.adapter import TokenAdapter, receiver_ratings, receiver_tokens
 from latentwire.config import load_params
 from latentwire.latent import LatentWire
 from latentwire.llm import load_frozen
 from latentwire.receiver import Receiver
-from tiny import qa_rows as rows  # answer in the third sentence of each context
+from tiny import ids_project, run_ids_pipeline, qa_rows as rows  # answer in each context's third sentence
 
-REPO = Path(__file__).resolve().parents[1]
 EDGES = [0.3, 0.6, 0.8]  # 4 buckets: 2 bits an id
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_models):
-    root = tmp_path_factory.mktemp("rating")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert raw["ids"]["rating_edges"] == []  # off by default
-    raw["ids"]["rating_edges"] = EDGES
-    raw["models"] = {s: {"source": "local", "path": str(tiny_models[s])} for s in ("llama", "qwen")}
-    raw["pick"].update(spans=[6], hidden=8, epochs=30, lr=0.02)  # a decisive pick: ratings near 0 and 1
-    raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 4}
-    raw["train"].update(batch_size=4, dev_examples=4, eval_every=2, save_every=1, lr=3e-3)
-    raw["stage1"] = {"M": 12, "epochs": 1, "K": 1, "kd": 1.0, "ce": 0.0}
-    raw["stage2"] = {"M": 10, "epochs": 1, "K": 1, "kd": 1.0, "ce": 1.0}
-    raw["stage3"] = {"M": 8, "epochs": 1, "K": 2, "kd": 1.0, "ce": 1.0}
-    raw["evaluate"] = {"max_new_tokens": 3, "batch_size": 4, "max_examples": None}
-    (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    (root / "data/mix").mkdir(parents=True)
-    splits = {"train": rows(8, "squad") + rows(4, "nq"), "eval": rows(3, "squad", 20) + rows(3, "nq", 30),
-              "pool": rows(40, "squad", 100)}
-    for split, rs in splits.items():
-        (root / f"data/mix/{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
-    return root
+    def rated(raw):
+        assert raw["ids"]["rating_edges"] == []  # off by default
+        raw["ids"]["rating_edges"] = EDGES
+        raw["pick"].update(epochs=30, lr=0.02)  # a decisive pick: ratings near 0 and 1
+    return ids_project(tmp_path_factory.mktemp("rating"), tiny_models, rated)
 
 
 @pytest.fixture(scope="module")
 def trained(project, one_thread):
-    old = os.getcwd()
-    os.chdir(project)
-    try:
-        sender.main("params.yaml")
-        kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
-        for stage in ("stage1", "stage2", "stage3"):
-            train.main(stage, "params.yaml", ".")
-        evaluate.main("params.yaml", part="text")
-        metrics = evaluate.main("params.yaml", part="latent")
-    finally:
-        os.chdir(old)
-    return metrics
+    return run_ids_pipeline(project)[1]
 
 
 def eval_rows(project) -> list[dict]:

@@ -132,6 +132,52 @@ def qa_rows(n: int, dataset: str, offset: int = 0) -> list[dict]:
     return out
 
 
+def ids_project(root: Path, tiny_models: dict[str, Path], edit=None) -> Path:
+    """A project folder for the default sender (encoder.kind ids) on the tiny models: the repo's
+    params.yaml made tiny (edit(raw) changes it further) and a train / eval / pool mix of qa_rows."""
+    import json
+
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert raw["encoder"]["kind"] == "ids"  # the default sender
+    raw["models"] = {s: {"source": "local", "path": str(tiny_models[s])} for s in ("llama", "qwen")}
+    raw["pick"].update(spans=[6], hidden=8, epochs=3)
+    raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 4}
+    raw["train"].update(batch_size=4, dev_examples=4, eval_every=2, save_every=1, lr=3e-3)
+    raw["stage1"] = {"M": 12, "epochs": 1, "K": 1, "kd": 1.0, "ce": 0.0}
+    raw["stage2"] = {"M": 10, "epochs": 1, "K": 1, "kd": 1.0, "ce": 1.0}
+    raw["stage3"] = {"M": 8, "epochs": 1, "K": 2, "kd": 1.0, "ce": 1.0}
+    raw["evaluate"] = {"max_new_tokens": 3, "batch_size": 4, "max_examples": None}
+    if edit is not None:
+        edit(raw)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / "data/mix").mkdir(parents=True)
+    splits = {"train": qa_rows(8, "squad") + qa_rows(4, "nq"), "eval": qa_rows(3, "squad", 20) + qa_rows(3, "nq", 30),
+              "pool": qa_rows(40, "squad", 100)}
+    for split, rs in splits.items():
+        (root / f"data/mix/{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    return root
+
+
+def run_ids_pipeline(root: Path) -> tuple[dict, dict]:
+    """The whole pipeline in project folder `root`: pick, KD cache, the three stages, the text
+    baselines and the latent's evaluation -> (the pick's metrics, the evaluation's)."""
+    from latentwire import evaluate, kd, sender, train
+
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        pm = sender.main("params.yaml")
+        kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
+        for stage in ("stage1", "stage2", "stage3"):
+            train.main(stage, "params.yaml", ".")
+        evaluate.main("params.yaml", part="text")
+        return pm, evaluate.main("params.yaml", part="latent")
+    finally:
+        os.chdir(old)
+
+
 def fit_pick(root: Path, params: str = "params.yaml", n: int = 24) -> dict:
     """The `pick` stage on a small pool of qa_rows, inside project folder `root` (the default
     sender, encoder.kind ids, needs models/pick)."""
