@@ -141,7 +141,8 @@ def test_rating_edges_are_increasing_probabilities(tmp_path, edges):
                                          ([0.003 * k for k in range(1, 256)], 8)])
 def test_rating_bits_hold_every_bucket(tmp_path, edges, bits):
     ids = load_params(edited(tmp_path, {"ids.rating_edges": edges})).ids
-    assert ids.rating_bits == bits and 2 ** bits >= len(edges) + 1 > 2 ** (bits - 1) if bits else not edges
+    assert ids.rating_bits == bits
+    assert 2 ** bits >= len(edges) + 1 > 2 ** (bits - 1) if bits else edges == []  # the fewest bits that hold every bucket
 
 
 def test_M_must_fit_the_payload_header(tmp_path):
