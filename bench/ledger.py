@@ -124,6 +124,10 @@ LEVERS = {  # the receiver's own parts first: they need no training
                                  "without it (qwen_stage3's run)", "- (issue 22's fallback)",
                                  {"ids.rating_edges": RATING_EDGES, "stage3.slots": None}, added=True, rebase=True,
                                  against="qwen_stage3"),
+    "receiver_lr": Lever("each receiver's adapter at a learning rate in units of its embeddings' scale "
+                         "(train.receiver_lr embedding: Qwen at 1.4e-4) vs one for both (1e-3), stage3 training "
+                         "both receivers (vs qwen_stage3's run)", "- (issue 22)",
+                         {"stage3.slots": None, "train.receiver_lr": "embedding"}, added=True, against="qwen_stage3"),
     "learned_slots": Lever("learned slots carrying 2-4 tokens each (issue 22)", "- (issue 22's target: +0.05 over "
                            "the picked text)", skip="a bench run, not a pipeline option: bench/results/pair_slots.md "
                                                     "(2 tokens a slot, trained: -0.28 F1 against 1 a slot)"),

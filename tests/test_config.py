@@ -131,6 +131,14 @@ def test_value_ranges(tmp_path):
     assert "pick.ema: a decay in [0, 1), not 1.0" in error(edited(tmp_path, {"pick.ema": 1.0}))
 
 
+def test_receiver_lr_is_shared_or_embedding_and_embedding_needs_ids(tmp_path):
+    assert load_params(edited(tmp_path, {"train.receiver_lr": "embedding"})).train.receiver_lr == "embedding"
+    assert "receiver_lr='own': expected one of ['shared', 'embedding']" in error(
+        edited(tmp_path, {"train.receiver_lr": "own"}))
+    assert "train.receiver_lr: embedding scales the ids receivers" in error(edited(tmp_path, {
+        "train.receiver_lr": "embedding", "encoder.kind": "bytes", "data.datasets.hotpotqa_distractor.M": None}))
+
+
 @pytest.mark.parametrize("edges", [[0.5, 0.3], [0.0, 0.5], [0.5, 1.0], [0.4, 0.4], [0.001 * k for k in range(1, 257)]])
 def test_rating_edges_are_increasing_probabilities(tmp_path, edges):
     assert "ids.rating_edges: at most 255 increasing probabilities in (0, 1)" in error(

@@ -32,18 +32,22 @@ def rows(n: int, dataset: str):
 @pytest.fixture(params=["ids", "bytes"])
 def project(request, tmp_path, tiny_models):
     """A tiny project with the default sender (ids: the pick stage has run) or the seed's (bytes)."""
+    return make_project(tmp_path, tiny_models, request.param)
+
+
+def make_project(tmp_path: Path, tiny_models: dict, kind: str, train: dict | None = None) -> Path:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["models"] = {"llama": {"source": "local", "path": str(tiny_models["llama"])},
                      "qwen": {"source": "local", "path": str(tiny_models["qwen"])}}
-    raw["encoder"]["kind"] = request.param
+    raw["encoder"]["kind"] = kind
     raw["bytes"].update(d_z=32, layers=1, heads=2, max_bytes=96, hint_buckets=4, d_wire=8)
-    if request.param == "bytes":  # the byte encoder reads every dataset at stage3.M (config.py says so)
+    if kind == "bytes":  # the byte encoder reads every dataset at stage3.M (config.py says so)
         for d in raw["data"]["datasets"].values():
             d["M"] = None
     raw["pick"].update(spans=[4], hidden=8, epochs=2)
     raw["kd"] = {"k": 4, "K_max": 3, "batch_size": 4}
     raw["train"] = {"batch_size": 4, "dev_examples": 4, "eval_every": 2, "save_every": 1,
-                    "lr": 3e-3}
+                    "lr": 3e-3, **(train or {})}
     raw["stage1"] = {"M": 8, "epochs": 1, "K": 1, "kd": 1.0, "ce": 0.0}
     raw["stage2"] = {"M": 6, "epochs": 1, "K": 1, "kd": 1.0, "ce": 1.0}
     raw["stage3"] = {"M": 4, "epochs": 1, "K": 2, "kd": 1.0, "ce": 1.0}
@@ -52,7 +56,7 @@ def project(request, tmp_path, tiny_models):
     (tmp_path / "data/mix").mkdir(parents=True)
     for split, rs in (("train", rows(12, "squad") + rows(8, "nq")), ("eval", rows(3, "squad") + rows(3, "nq"))):
         (tmp_path / f"data/mix/{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
-    if request.param == "ids":
+    if kind == "ids":
         fit_pick(tmp_path)
     return tmp_path
 
@@ -134,6 +138,53 @@ def test_stage_resumes_after_interruption(project, monkeypatch):
     assert resumed["final"]["loss"] == pytest.approx(full["final"]["loss"], rel=1e-4)
     live = (project / "dvclive/stage1/plots/metrics/loss.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in live[1:]] == ["1", "2", "3", "4"]  # steps 1-2 replayed on resume
+    assert (project / "models/stage1/best/model.safetensors").read_bytes() == ref
+
+
+def test_receiver_lr_embedding_trains_each_receiver_at_its_embeddings_scale(tmp_path, tiny_models, monkeypatch):
+    """train.receiver_lr embedding: a receiver whose embeddings are 10x smaller (a copy of the tiny
+    qwen, its embeddings scaled) trains at 1/10 of the codebook model's lr, which stays train.lr, and
+    its adapter moves that much less; a killed stage resumes its per-receiver optimiser exactly."""
+    from safetensors.torch import load_file, save_file
+
+    small = tmp_path / "qwen_small"
+    shutil.copytree(tiny_models["qwen"], small)
+    state = load_file(str(small / "model.safetensors"))
+    key = next(k for k in state if k.endswith("embed_tokens.weight"))
+    save_file({**state, key: state[key] * 0.1}, str(small / "model.safetensors"), metadata={"format": "pt"})
+    scale = {s: load_file(str(f / "model.safetensors"))[key].abs().mean().item()
+             for s, f in (("llama", tiny_models["llama"]), ("qwen", small))}
+    (tmp_path / "p").mkdir()
+    project = make_project(tmp_path / "p", {**tiny_models, "qwen": small}, "ids", {"receiver_lr": "embedding"})
+    monkeypatch.chdir(project)
+    kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
+    full = run_stage(project, "stage1", monkeypatch)
+    assert full["receiver_lrs"]["llama"] == 3e-3
+    assert full["receiver_lrs"]["qwen"] == pytest.approx(3e-3 * scale["qwen"] / scale["llama"], rel=1e-5)
+    assert 0.05 < scale["qwen"] / scale["llama"] < 0.2
+    moved = {s: load_file(str(project / "models/stage1/last/model.safetensors"))[f"codec.adapters.{s}.pos"].abs().max().item()
+             for s in ("llama", "qwen")}  # from zero: Adam moves each coordinate about its lr a step
+    assert moved["qwen"] / moved["llama"] == pytest.approx(scale["qwen"] / scale["llama"], rel=0.5)
+    ref = (project / "models/stage1/best/model.safetensors").read_bytes()
+
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def dying_step(self, *a, **k):
+        calls["n"] += 1
+        assert [g["initial_lr"] for g in self.param_groups] == pytest.approx(  # the schedule's peak
+            [3e-3, 3e-3 * scale["qwen"] / scale["llama"]], rel=1e-5)  # one group per receiver, llama's first
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    for p in ("models/stage1", "metrics/train"):
+        shutil.rmtree(project / p)
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(project, "stage1", monkeypatch)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    resumed = run_stage(project, "stage1", monkeypatch)
+    assert resumed["events"] == [{"resumed_at_step": 2}]
     assert (project / "models/stage1/best/model.safetensors").read_bytes() == ref
 
 

@@ -222,6 +222,8 @@ class KDConfig:
 class TrainConfig:
     """Settings shared by every curriculum stage."""
     lr: float = 1e-3
+    receiver_lr: str = "shared"      # shared: every parameter at lr | embedding: each ids receiver's adapter at
+                                     # lr x its embeddings' scale / the codebook model's (train.receiver_lrs)
     weight_decay: float = 0.01
     batch_size: int = 8
     grad_accum: int = 1
@@ -235,6 +237,9 @@ class TrainConfig:
     adapter_rank: int = 64           # ids: rank of each TokenAdapter's learned correction
     max_steps: int | None = None     # cap on optimiser steps per stage (tests, smoke runs)
     deterministic: bool = False      # deterministic GPU kernels (slower; README "Determinism")
+
+    def __post_init__(self):
+        _choice("receiver_lr", self.receiver_lr, ("shared", "embedding"))
 
 
 @dataclass
@@ -317,6 +322,9 @@ class Params:
         if self.encoder.kind != "ids" and own_M:
             raise ConfigError(f"data.datasets.{own_M[0]}.M: a dataset's own M needs encoder.kind ids "
                               "(the byte encoder's queries are fixed at stage3.M)")
+        if self.train.receiver_lr != "shared" and self.encoder.kind != "ids":
+            raise ConfigError("train.receiver_lr: embedding scales the ids receivers' adapters (encoder.kind ids); "
+                              "the byte encoder's adapters already rescale their output to each model's norm")
         if self.encoder.kind == "ids" and self.ids.feature_model not in self.models:
             raise ConfigError(f"ids.feature_model: no such model slot "
                               f"{self.ids.feature_model!r} {list(self.models)}")

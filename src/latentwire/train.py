@@ -6,8 +6,10 @@ stage1 starts from scratch; stageN starts from models/stage{N-1}/best (resized t
 stage's M). Every optimiser step trains the one encoder on the stage's model slots (<stage>.slots,
 default every one; losses summed with train.model_weights); a slot left out keeps the previous
 stage's adapter and costs no forward pass (nor a KD cache: teacher-kd-cache builds one for a
-slot some stage trains). The rows are the train mix (KD + CE) plus <stage>.pool_rows rows of
-the pick's train-split pool, which have no KD target (CE only). The stage writes
+slot some stage trains). One AdamW trains them all at train.lr, or, with train.receiver_lr
+embedding, each receiver's adapter at its own (`receiver_lrs`). The rows are the train mix
+(KD + CE) plus <stage>.pool_rows rows of the pick's train-split pool, which have no KD target
+(CE only). The stage writes
 models/<stage>/{best,last}/ (safetensors + meta.json) and metrics/train/<stage>.json + a
 per-step curve CSV for `dvc plots`; the same steps go to dvclive/<stage>/ (dvclive; it never
 writes a dvc.yaml or saves an experiment).
@@ -144,13 +146,31 @@ def load_teachers(params: Params, llms: dict, root: Path, slots: list[str]):
     return kd, keys, hashes
 
 
-def make_optimizer(model, tp, sc, n_train: int):
-    """AdamW and a cosine schedule spanning every optimiser step of every epoch of the stage;
-    -> (optimiser, scheduler, total steps, batches per epoch)."""
+def receiver_lrs(model, params: Params) -> dict[str, float]:
+    """train.receiver_lr embedding: each ids receiver's learning rate, train.lr x the mean |coordinate|
+    of its input embeddings over the codebook model's (ids.feature_model). AdamW moves a parameter
+    about lr a step whatever its gradient, and an adapter's correction is added to the model's own
+    embeddings, so one lr moves a receiver with 7x smaller embeddings (Qwen's 0.0136 against
+    SmolLM2's 0.099) 7x further against what it reads; the codebook model's own stays at train.lr.
+    {} under shared (every parameter at train.lr)."""
+    if params.train.receiver_lr == "shared":
+        return {}
+    scale = {s: a.E.abs().mean().item() for s, a in model.codec.adapters.items()}
+    return {s: params.train.lr * (v / scale[params.ids.feature_model]) for s, v in scale.items()}
+
+
+def make_optimizer(model, tp, sc, n_train: int, lrs: dict[str, float] | None = None):
+    """AdamW and a cosine schedule spanning every optimiser step of every epoch of the stage; with
+    `lrs` (`receiver_lrs`) each of those receivers' adapters is a parameter group at its own lr,
+    the rest at tp.lr; -> (optimiser, scheduler, total steps, batches per epoch)."""
     per_epoch = math.ceil(n_train / tp.batch_size)
     total = math.ceil(sc.epochs * per_epoch / tp.grad_accum)
     total = min(total, tp.max_steps) if tp.max_steps is not None else total
-    opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    groups = [{"params": list(model.codec.adapters[s].parameters()), "lr": lr} for s, lr in (lrs or {}).items()]
+    own = {id(p) for g in groups for p in g["params"]}
+    rest = [p for p in model.parameters() if id(p) not in own]
+    groups = ([{"params": rest}] if rest else []) + groups
+    opt = torch.optim.AdamW(groups, lr=tp.lr, weight_decay=tp.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(tp.warmup_frac * total), max(total, 1))
     return opt, sched, total, per_epoch
 
@@ -183,8 +203,9 @@ class Stage:
         pick_file = root / "models" / "pick" / "pick.safetensors"  # kind ids: the pick the ids come from
         keys["pick"] = sha256_of(pick_file) if pick_file.is_file() else None
         self.key = run_key(params, stage, self.prev_meta, keys)
+        self.receiver_lrs = receiver_lrs(self.model, params)  # {} under train.receiver_lr shared
         opt, sched, self.total_steps, self.batches_per_epoch = make_optimizer(
-            self.model, params.train, self.sc, len(self.train_rows))
+            self.model, params.train, self.sc, len(self.train_rows), self.receiver_lrs)
         # self.net: the model as trained (DistributedDataParallel across ranks, else self.model)
         self.net, self.opt, self.sched = self.acc.prepare(self.model, opt, sched)
         self.step, self.K, self.best, self.curve, self.events = 0, self.sc.K, None, [], []
@@ -406,7 +427,7 @@ class Stage:
         self.model.load(last)
         opt_state = self.opt.state_dict()
         flat = load_file(str(last / "optimizer.safetensors"))
-        for i in opt_state["param_groups"][0]["params"]:
+        for i in (i for group in opt_state["param_groups"] for i in group["params"]):
             keys = [k for k in flat if k.split(".", 1)[0] == str(i)]
             opt_state["state"][i] = {k.split(".", 1)[1]: flat[k] for k in keys}
         self.opt.load_state_dict(opt_state)
@@ -438,6 +459,7 @@ def main(stage: str, params_path: str = "params.yaml", root: str = ".") -> dict:
                               if r is st.curve[0] or r["K"] != st.curve[st.curve.index(r) - 1]["K"]],
                "train_examples": len(st.train_rows), "pool_rows": len(st.pool_rows), "slots": st.slots,
                "dev_examples": len(st.dev_rows),
+               **({"receiver_lrs": st.receiver_lrs} if st.receiver_lrs else {}),
                "events": st.events, "wall_s": round(time.time() - t0, 1), "peak_rss_mb": peak_rss_mb(),
                "run": run_info(st, root)}
     cols = sorted({k for r in st.curve for k in r}, key=lambda k: (k != "step", k))
