@@ -109,17 +109,15 @@ def test_curriculum_end_to_end(project, monkeypatch):
     assert frontier[0] == "model,dataset,variant,bytes,f1,em" and len(frontier) == 1 + 2 * 2 * (6 if ids else 4)
 
 
-def test_stage_resumes_after_interruption(project, monkeypatch):
-    monkeypatch.chdir(project)
-    kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
-    full = run_stage(project, "stage1", monkeypatch)
-    ref = (project / "models/stage1/best/model.safetensors").read_bytes()
+def kill_and_resume(project: Path, monkeypatch, check=None) -> dict:
+    """stage1 afresh, its 3rd optimiser step interrupted (`check(optimiser)` at every step before),
+    then rerun: -> the resumed run's metrics."""
+    calls, real_step = {"n": 0}, torch.optim.AdamW.step
 
-    calls = {"n": 0}
-    real_step = torch.optim.AdamW.step
-
-    def dying_step(self, *a, **k):  # the 3rd optimiser step is interrupted
+    def dying_step(self, *a, **k):
         calls["n"] += 1
+        if check:
+            check(self)
         if calls["n"] == 3:
             raise KeyboardInterrupt
         return real_step(self, *a, **k)
@@ -132,7 +130,16 @@ def test_stage_resumes_after_interruption(project, monkeypatch):
     state = json.loads((project / "models/stage1/last/state.json").read_text())
     assert state["step"] == 2  # saved every step: steps 1 and 2 are durable
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
-    resumed = run_stage(project, "stage1", monkeypatch)
+    return run_stage(project, "stage1", monkeypatch)
+
+
+def test_stage_resumes_after_interruption(project, monkeypatch):
+    monkeypatch.chdir(project)
+    kd.main("params.yaml", "data/mix/train.jsonl", "data/kd")
+    full = run_stage(project, "stage1", monkeypatch)
+    ref = (project / "models/stage1/best/model.safetensors").read_bytes()
+
+    resumed = kill_and_resume(project, monkeypatch)
     assert resumed["events"] == [{"resumed_at_step": 2}]
     assert resumed["steps"] == full["steps"]
     assert resumed["final"]["loss"] == pytest.approx(full["final"]["loss"], rel=1e-4)
@@ -162,28 +169,17 @@ def test_receiver_lr_embedding_trains_each_receiver_at_its_embeddings_scale(tmp_
     assert full["receiver_lrs"]["llama"] == 3e-3
     assert full["receiver_lrs"]["qwen"] == pytest.approx(3e-3 * scale["qwen"] / scale["llama"], rel=1e-5)
     assert 0.05 < scale["qwen"] / scale["llama"] < 0.2
-    moved = {s: load_file(str(project / "models/stage1/last/model.safetensors"))[f"codec.adapters.{s}.pos"].abs().max().item()
-             for s in ("llama", "qwen")}  # from zero: Adam moves each coordinate about its lr a step
+    last = load_file(str(project / "models/stage1/last/model.safetensors"))
+    moved = {s: last[f"codec.adapters.{s}.pos"].abs().max().item()  # from zero: Adam moves each coordinate
+             for s in ("llama", "qwen")}                            # about its lr a step
     assert moved["qwen"] / moved["llama"] == pytest.approx(scale["qwen"] / scale["llama"], rel=0.5)
     ref = (project / "models/stage1/best/model.safetensors").read_bytes()
 
-    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+    def groups(opt):  # one group per receiver, llama's first, at the schedule's peak
+        assert [g["initial_lr"] for g in opt.param_groups] == pytest.approx(
+            [3e-3, 3e-3 * scale["qwen"] / scale["llama"]], rel=1e-5)
 
-    def dying_step(self, *a, **k):
-        calls["n"] += 1
-        assert [g["initial_lr"] for g in self.param_groups] == pytest.approx(  # the schedule's peak
-            [3e-3, 3e-3 * scale["qwen"] / scale["llama"]], rel=1e-5)  # one group per receiver, llama's first
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    for p in ("models/stage1", "metrics/train"):
-        shutil.rmtree(project / p)
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        run_stage(project, "stage1", monkeypatch)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
-    resumed = run_stage(project, "stage1", monkeypatch)
+    resumed = kill_and_resume(project, monkeypatch, check=groups)
     assert resumed["events"] == [{"resumed_at_step": 2}]
     assert (project / "models/stage1/best/model.safetensors").read_bytes() == ref
 
