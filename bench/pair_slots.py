@@ -2,6 +2,7 @@
 picked tokens from one position? (issue 22, "learned slots that carry more than one token")
 
     python bench/pair_slots.py [--slot qwen] [--n 30] [--M 32] [--train 1000] [--steps 400] [--layers 6]
+    python bench/pair_slots.py --layout vrate --keep 8    # issue 22's variable rate
 
 bench/pool_probe.py measures the two ends, untrained: the pick at 2M tokens against the pick at M
 (one position a token), and two tokens averaged into one position (about 0.1 F1 against 0.44).
@@ -30,6 +31,12 @@ them, answered greedily by the whole receiver:
   - tokens_2M:    the pick at 2M positions, one token each (the ceiling of any 2-token slot)
   - pair_mean:    the pooled layout, pooler at its start (the mean)
   - pair_learned: the same layout, the trained pooler
+
+--layout vrate is issue 22's variable rate: the pick's --keep best-rated picked tokens (those it
+is surest hold the answer) keep a position each, exact, and the rest are pooled in pairs, the
+most picked tokens that fit in M positions (pool_probe.positions). Its variants are vrate_mean and
+vrate_learned, the pooler trained on that layout. On the wire the receiver needs one more bit a
+position (single or pair), since a single may now sit inside a span.
 """
 from __future__ import annotations
 
@@ -54,11 +61,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the pooled layout an
 from ledger import ci  # noqa: E402
 from pool_probe import f1_table, positions, read, soft, split  # noqa: E402
 
-VARIANTS = ("tokens_M", "tokens_2M", "pair_mean", "pair_learned")
-CONTRASTS = (("pair_learned", "pair_mean"), ("pair_learned", "tokens_M"), ("tokens_2M", "tokens_M"))
 
 
-def contrasts(test: list[dict], variants: dict, pairs=CONTRASTS) -> dict:
+def variants(layout: str) -> tuple[str, ...]:
+    return ("tokens_M", "tokens_2M", f"{layout}_mean", f"{layout}_learned")
+
+
+def contrast_pairs(layout: str) -> tuple[tuple[str, str], ...]:
+    mean, learned = f"{layout}_mean", f"{layout}_learned"
+    return ((learned, mean), (learned, "tokens_M"), (mean, "tokens_M"), ("tokens_2M", "tokens_M"))
+
+
+def contrasts(test: list[dict], variants: dict, pairs=contrast_pairs("pair")) -> dict:
     """F1 of a minus b on the same questions, per dataset and pooled, 95 % CI resampling whole titles."""
     out = {}
     for a, b in pairs:
@@ -163,6 +177,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--layers", type=int, default=6, help="receiver layers the target is read at (default 6)")
     ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--layout", choices=("pair", "vrate"), default="pair",
+                    help="pair: every picked token pooled in pairs; vrate: the --keep best-rated stay single")
+    ap.add_argument("--keep", type=int, default=8, help="vrate: picked tokens kept one a position (default 8)")
     ap.add_argument("--out", default="bench/results/pair_slots.md")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -175,7 +192,8 @@ def main(argv=None) -> dict:
 
     # --- train the pooler on the cut receiver
     t0 = time.time()
-    data = [(positions(sender, r, args.M, "pair_mean"), r["question"]) for r in train]
+    pooled = f"{args.layout}_mean"  # the layout the pooler is trained and read on
+    data = [(positions(sender, r, args.M, pooled, args.keep), r["question"]) for r in train]
     restore = truncate(llm, args.layers)
     rec = Receiver(llm)  # its prefix cache from the cut model
     opt = torch.optim.AdamW(pooler.parameters(), lr=args.lr, weight_decay=0.0)
@@ -201,22 +219,26 @@ def main(argv=None) -> dict:
     # --- read the held-out questions with the whole receiver
     rec = Receiver(llm)
     out = {"slot": args.slot, "M": args.M, "n": len(test), "train_rows": len(train), "steps": args.steps,
-           "layers": args.layers, "train_s": train_s, "loss_first_batch": [start, end],
+           "layers": args.layers, "layout": args.layout, "keep": args.keep if args.layout == "vrate" else 0, "train_s": train_s, "loss_first_batch": [start, end],
            "loss_curve_every_10": curve[::10], "variants": {}}
-    for v in VARIANTS:
+    learned = f"{args.layout}_learned"
+    for v in variants(args.layout):
         t0 = time.time()
-        pos = [positions(sender, r, args.M, "pair_mean" if v == "pair_learned" else v) for r in test]
+        pos = [positions(sender, r, args.M, pooled if v == learned else v, args.keep) for r in test]
         with torch.no_grad():
-            softs = [pooler(table, p) if v == "pair_learned" else soft(table, p, v) for p in pos]
+            softs = [pooler(table, p) if v == learned else soft(table, p, v) for p in pos]
         res = {**read(rec, test, pos, softs, params.evaluate.max_new_tokens, args.batch),
                "wall_s": round(time.time() - t0)}
         out["variants"][v] = res
         print(f"pair_slots: {v}: pooled F1 {res['f1_pooled']:.3f} {res['f1']}", flush=True)
-    out["contrasts"] = contrasts(test, out["variants"])
+    out["contrasts"] = contrasts(test, out["variants"], contrast_pairs(args.layout))
     dss = sorted({r["dataset"] for r in test})
-    lines = [f"# Learned two-token slots ({args.slot}, M = {args.M})", "",
+    how = f" --layout vrate --keep {args.keep}" if args.layout == "vrate" else ""
+    title = (f"Variable-rate slots: the {args.keep} best-rated tokens single, the rest in learned pairs"
+             if args.layout == "vrate" else "Learned two-token slots")
+    lines = [f"# {title} ({args.slot}, M = {args.M})", "",
              f"`python bench/pair_slots.py --slot {args.slot} --n {args.n} --M {args.M} --train {args.train} "
-             f"--steps {args.steps} --layers {args.layers}`: the pooler trained {args.steps} steps of {args.batch} on "
+             f"--steps {args.steps} --layers {args.layers}{how}`: the pooler trained {args.steps} steps of {args.batch} on "
              f"{len(train)} pool train rows ({train_s} s; the target: the receiver's layer-{args.layers} states), then "
              f"{len(test)} questions of the pool's held-out tenth read by the whole receiver, greedy answers. "
              f"Relative state error on the first train batch: {start:.4f} at the start, {end:.4f} trained. "

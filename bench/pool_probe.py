@@ -36,28 +36,42 @@ from latentwire.sender import Sender, is_pick_dev
 VARIANTS = ("tokens_M", "tokens_2M", "pair_mean", "pair_renorm")
 
 
-def groups(sender: Sender, picked, k: int = 2) -> list[list[int]]:
-    """The positions of a pooled latent: runs of k adjacent picked tokens inside one span; a
-    separator between spans takes a position alone."""
+def groups(sender: Sender, picked, single: frozenset[int] = frozenset()) -> list[list[int]]:
+    """The positions of a pooled latent: runs of two adjacent picked tokens inside one span; a
+    separator between spans, and each token whose index (into the read) is in `single`, takes a
+    position alone."""
     out = []
     for j, (a, b) in enumerate(picked.spans):
         if j and picked.spans[j - 1][1] < a:
             out.append([sender.sep_id])
-        ids = picked.read.ids[a:b]
-        out += [ids[i:i + k] for i in range(0, len(ids), k)]
+        ids, t = picked.read.ids, a
+        while t < b:
+            two = t + 1 < b and t not in single and t + 1 not in single
+            out.append(ids[t:t + 2] if two else [ids[t]])
+            t += 2 if two else 1
     return out
 
 
-def positions(sender: Sender, row: dict, M: int, variant: str) -> list[list[int]]:
-    """The token ids each position carries, for one variant."""
+def sure(picked, scores: list[float], keep: int) -> frozenset[int]:
+    """The `keep` picked tokens the pick rates highest (the answer-bearing ones it is surest of)."""
+    idx = [t for a, b in picked.spans for t in range(a, b)]
+    return frozenset(sorted(idx, key=lambda t: -scores[t])[:keep])
+
+
+def positions(sender: Sender, row: dict, M: int, variant: str, keep: int = 0) -> list[list[int]]:
+    """The token ids each position carries, for one variant. The pooled layouts (pair_*, vrate_*)
+    hold the most picked tokens that fit in M positions; vrate_* keeps the pick's `keep`
+    best-rated tokens at one position each and pools the rest in pairs (issue 22's variable rate)."""
     r = sender.pick(row["question"], row["context"], M).read
     scores = sender.model.score(r)
     if variant == "tokens_M":
         return [[i] for i in sender.spend(r, scores, M).ids]
     if variant == "tokens_2M":
         return [[i] for i in sender.spend(r, scores, 2 * M).ids]
-    for budget in range(2 * M, M - 1, -1):  # the most picked tokens whose pairs fit in M positions
-        g = groups(sender, sender.spend(r, scores, budget))
+    keep = keep if variant.startswith("vrate") else 0
+    for budget in range(2 * M, M - 1, -1):  # the most picked tokens whose layout fits in M positions
+        picked = sender.spend(r, scores, budget)
+        g = groups(sender, picked, sure(picked, scores, keep))
         if len(g) <= M:
             return g
     return [[i] for i in sender.spend(r, scores, M).ids]

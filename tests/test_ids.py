@@ -415,10 +415,27 @@ def test_pool_probe_benchmark_runs_on_the_tiny_models(project, trained, tmp_path
     assert "| pair_mean |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
 
 
-def test_pair_slots_benchmark_trains_the_pooler_from_the_mean(project, trained, tmp_path):
+def test_variable_rate_layout_keeps_the_best_rated_tokens_single_and_pairs_the_rest():
+    """issue 22's variable rate (bench/pool_probe.groups): the pick's best-rated picked tokens take
+    a position each, the other tokens of a span go in adjacent pairs, a gap between spans takes a
+    separator, and a token is never split from its span."""
+    from types import SimpleNamespace as NS
+
+    probe = bench("pool_probe")
+    sender = NS(sep_id=0)
+    picked = NS(spans=[(0, 5), (7, 10)], read=NS(ids=list(range(10, 20))))
+    scores = [0.1, 0.2, 0.9, 0.3, 0.1, 0.0, 0.0, 0.8, 0.1, 0.2]
+    assert probe.sure(picked, scores, 2) == {2, 7}
+    assert probe.groups(sender, picked) == [[10, 11], [12, 13], [14], [0], [17, 18], [19]]
+    assert probe.groups(sender, picked, probe.sure(picked, scores, 2)) == [[10, 11], [12], [13, 14], [0], [17], [18, 19]]
+
+
+@pytest.mark.parametrize("layout", ["pair", "vrate"])
+def test_pair_slots_benchmark_trains_the_pooler_from_the_mean(project, trained, tmp_path, layout):
     """bench/pair_slots.py must not rot: its pooler starts as the plain mean of a pair (a single
     token passes unchanged), training lowers the state error it is trained on, and every pooled
-    variant carries about two tokens a position within M."""
+    variant carries more than one token a position within M (about two with every token paired;
+    fewer with --layout vrate, whose best-rated tokens stay single)."""
     import torch
 
     ps = bench("pair_slots")
@@ -430,14 +447,17 @@ def test_pair_slots_benchmark_trains_the_pooler_from_the_mean(project, trained, 
     out = tmp_path / "pairs.md"
     r = ps.main(["--params", str(project / "params.yaml"), "--pool", str(pool), "--pick", str(project / "models/pick"),
                  "--slot", "llama", "--n", "3", "--M", "6", "--train", "16", "--steps", "6", "--batch", "4",
-                 "--layers", "1", "--lr", "0.01", "--out", str(out)])
+                 "--layers", "1", "--lr", "0.01", "--out", str(out), "--layout", layout, "--keep", "2"])
     v = r["variants"]
-    assert r["n"] == 6 and set(v) == set(ps.VARIANTS)
+    assert r["n"] == 6 and set(v) == set(ps.variants(layout)) and r["keep"] == (2 if layout == "vrate" else 0)
     assert r["loss_first_batch"][1] < r["loss_first_batch"][0]
     assert v["tokens_M"]["positions"] <= 6 < v["tokens_2M"]["positions"] <= 12
-    for pooled in ("pair_mean", "pair_learned"):
-        assert v[pooled]["positions"] <= 6 and 1.5 <= v[pooled]["tokens_per_position"] <= 2.0
-    assert "| pair_learned |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
+    least = 1.5 if layout == "pair" else 1.1
+    for pooled in (f"{layout}_mean", f"{layout}_learned"):
+        assert v[pooled]["positions"] <= 6 and least <= v[pooled]["tokens_per_position"] <= 2.0
+    if layout == "vrate":  # two of a row's p <= 6 positions hold one token each: at most 2p - 2 tokens
+        assert v["vrate_mean"]["tokens_per_position"] <= 2 - 2 / 6 + 1e-9
+    assert f"| {layout}_learned |" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == r
 
 
 def test_highlight_benchmark_aligns_the_ratings_and_starts_at_the_text(project, trained, tmp_path):
