@@ -129,7 +129,9 @@ LEVERS = {  # the receiver's own parts first: they need no training
                          {"stage3.slots": None, "train.receiver_lr": "embedding"}, added=True, against="qwen_stage3"),
     "learned_slots": Lever("learned slots carrying 2-4 tokens each (issue 22)", "- (issue 22's target: +0.05 over "
                            "the picked text)", skip="a bench run, not a pipeline option: bench/results/pair_slots.md "
-                                                    "(2 tokens a slot, trained: -0.28 F1 against 1 a slot)"),
+                                                    "(2 tokens a slot, trained: -0.28 F1 against 1 a slot); "
+                                                    "bench/results/vrate_slots.md (the pick's 8 surest tokens single, "
+                                                    "the rest in pairs: 1.65 a slot, -0.074 [-0.150, +0.000])"),
 }
 
 
