@@ -62,8 +62,8 @@ from ledger import ci  # noqa: E402
 from pool_probe import f1_table, positions, read, soft, split  # noqa: E402
 
 
-
 def variants(layout: str) -> tuple[str, ...]:
+    """The variants a run of `layout` reads: one token a position at M and 2M, the layout averaged and learned."""
     return ("tokens_M", "tokens_2M", f"{layout}_mean", f"{layout}_learned")
 
 
@@ -219,7 +219,8 @@ def main(argv=None) -> dict:
     # --- read the held-out questions with the whole receiver
     rec = Receiver(llm)
     out = {"slot": args.slot, "M": args.M, "n": len(test), "train_rows": len(train), "steps": args.steps,
-           "layers": args.layers, "layout": args.layout, "keep": args.keep if args.layout == "vrate" else 0, "train_s": train_s, "loss_first_batch": [start, end],
+           "layers": args.layers, "layout": args.layout, "keep": args.keep if args.layout == "vrate" else 0,
+           "train_s": train_s, "loss_first_batch": [start, end],
            "loss_curve_every_10": curve[::10], "variants": {}}
     learned = f"{args.layout}_learned"
     for v in variants(args.layout):
