@@ -72,7 +72,7 @@ def contrast_pairs(layout: str) -> tuple[tuple[str, str], ...]:
     return ((learned, mean), (learned, "tokens_M"), (mean, "tokens_M"), ("tokens_2M", "tokens_M"))
 
 
-def contrasts(test: list[dict], variants: dict, pairs=contrast_pairs("pair")) -> dict:
+def contrasts(test: list[dict], variants: dict, pairs) -> dict:
     """F1 of a minus b on the same questions, per dataset and pooled, 95 % CI resampling whole titles."""
     out = {}
     for a, b in pairs:
@@ -222,10 +222,13 @@ def main(argv=None) -> dict:
            "layers": args.layers, "layout": args.layout, "keep": args.keep if args.layout == "vrate" else 0,
            "train_s": train_s, "loss_first_batch": [start, end],
            "loss_curve_every_10": curve[::10], "variants": {}}
-    learned = f"{args.layout}_learned"
+    learned, layouts = f"{args.layout}_learned", {}  # the learned variant reads the mean's layout
     for v in variants(args.layout):
         t0 = time.time()
-        pos = [positions(sender, r, args.M, pooled if v == learned else v, args.keep) for r in test]
+        shape = pooled if v == learned else v
+        if shape not in layouts:
+            layouts[shape] = [positions(sender, r, args.M, shape, args.keep) for r in test]
+        pos = layouts[shape]
         with torch.no_grad():
             softs = [pooler(table, p) if v == learned else soft(table, p, v) for p in pos]
         res = {**read(rec, test, pos, softs, params.evaluate.max_new_tokens, args.batch),
