@@ -127,11 +127,11 @@ LEVERS = {  # the receiver's own parts first: they need no training
                          "(train.receiver_lr embedding: Qwen at 1.4e-4) vs one for both (1e-3), stage3 training "
                          "both receivers (vs qwen_stage3's run)", "- (issue 22)",
                          {"stage3.slots": None, "train.receiver_lr": "embedding"}, added=True, against="qwen_stage3"),
-    "learned_slots": Lever("learned slots carrying 2-4 tokens each (issue 22)", "- (issue 22's target: +0.05 over "
-                           "the picked text)", skip="a bench run, not a pipeline option: bench/results/pair_slots.md "
-                                                    "(2 tokens a slot, trained: -0.28 F1 against 1 a slot); "
-                                                    "bench/results/vrate_slots.md (the pick's 8 surest tokens single, "
-                                                    "the rest in pairs: 1.65 a slot, -0.074 [-0.150, +0.000])"),
+    "learned_slots": Lever("variable-rate slots (ids.keep 8: the pick's 8 best-rated picked tokens one a position, "
+                           "the rest in adjacent pairs read through each receiver's learned pooler, fitted in stage1 "
+                           "to its layer-6 states; payload kind paired ids) vs one picked token a position",
+                           "- (issue 22's target: +0.05 over the picked text)", {"ids.keep": 8}, added=True,
+                           rebase=True),
 }
 
 

@@ -8,18 +8,15 @@ bench/pool_probe.py measures the two ends, untrained: the pick at 2M tokens agai
 (one position a token), and two tokens averaged into one position (about 0.1 F1 against 0.44).
 This trains the pooler in between and reads the same held-out questions.
 
-The pooler (`PairPooler`) maps a pair of adjacent picked tokens (e_a, e_b: the receiver's own
-embeddings of their strings, `adapter.string_table`) to one input vector:
-
-    v = (g e_a + (1 - g) e_b) (1 + s) + W2 gelu(W1 [e_a; e_b]),   g = sigmoid(w . [e_a; e_b] + b)
-
-It starts as the plain mean (w = 0, b = 0, s = 0, W2 = 0); a position holding one token (a
-separator, or the odd token at a span's end) passes through unchanged. Each position's ids are
+The pooler (`latentwire.pooler.PairPooler`, the pipeline's own since ids.keep) maps a pair of
+adjacent picked tokens (e_a, e_b: the receiver's own embeddings of their strings,
+`adapter.string_table`) to one input vector, starting as their plain mean; a position holding
+one token (a separator, or the odd token at a span's end) passes through unchanged. Each position's ids are
 on the wire as they are (16 bits each, 2 B a token, about 3.6 B a position); the receiver finds
 the pairs again from the ids alone (spans are cut at the separator id, then paired in order;
 a span that holds the separator's id itself would need one more bit of layout).
 
-The target needs no backward pass through the whole receiver (issue 22's "cheap targets"): the
+The target (as `latentwire.pooler.fit`'s, over the whole string table here) needs no backward pass through the whole receiver (issue 22's "cheap targets"): the
 receiver, frozen and cut to its first --layers layers, reads the picked tokens one a position
 (the teacher) and the pooled positions (the student); the loss is the student's squared error to
 the teacher's states at layer --layers, relative to the teacher's norm, at (a) each pooled
@@ -45,6 +42,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
@@ -53,6 +51,7 @@ from latentwire.adapter import string_table
 from latentwire.config import load_params
 from latentwire.io import read_jsonl, write_text
 from latentwire.llm import load_frozen
+from latentwire.pooler import PairPooler, state_loss, truncate
 from latentwire.receiver import Receiver
 from latentwire.sender import Sender
 from latentwire.stats import paired_ci
@@ -94,73 +93,19 @@ def contrast_table(contrasts: dict, datasets: list[str]) -> list[str]:
     return lines
 
 
-class PairPooler(torch.nn.Module):
-    """Two receiver embeddings -> one (gated mean, scaled, plus a low-rank correction)."""
-
-    def __init__(self, H: int, rank: int = 64):
-        super().__init__()
-        self.gate = torch.nn.Linear(2 * H, 1)
-        self.scale = torch.nn.Parameter(torch.zeros(()))
-        self.down = torch.nn.Linear(2 * H, rank)
-        self.up = torch.nn.Linear(rank, H, bias=False)
-        torch.nn.init.zeros_(self.gate.weight)
-        torch.nn.init.zeros_(self.gate.bias)
-        torch.nn.init.zeros_(self.up.weight)
-
-    def forward(self, table: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
-        """[P, H]: one vector per position (a group of one or two sender ids)."""
-        one = torch.tensor([len(g) == 1 for g in groups])
-        a = table[torch.tensor([g[0] for g in groups])]
-        b = table[torch.tensor([g[-1] for g in groups])]
-        x = torch.cat([a, b], -1)
-        g = torch.sigmoid(self.gate(x))
-        pooled = (g * a + (1 - g) * b) * (1 + self.scale) + self.up(torch.nn.functional.gelu(self.down(x)))
-        return torch.where(one[:, None], a, pooled)
-
-
-def truncate(llm, layers: int):
-    """Keep the receiver's first `layers` decoder layers (returns what restores it)."""
-    inner, cfg = llm.model.model, llm.model.config
-    full, n = inner.layers, cfg.num_hidden_layers
-    inner.layers, cfg.num_hidden_layers = full[:layers], layers
-
-    def restore():
-        inner.layers, cfg.num_hidden_layers = full, n
-    return restore
-
-
-def states(rec: Receiver, rests: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
-    """The last kept layer's states over each rest, through the receiver's final norm (left-padded,
-    as Receiver pads), [B, T, H], and each row's left padding."""
-    x, mask = rec.pad(rests)
-    pos = (mask.cumsum(-1) - 1).clamp_min(0)[:, len(rec.prefix_ids):]
-    out = rec.llm.model.model(inputs_embeds=x, attention_mask=mask, position_ids=pos,
-                              cache=rec.cache(len(rests)), use_cache=True)
-    return out.last_hidden_state, [x.shape[1] - len(r) for r in rests]
+def pool_groups(pooler: PairPooler, table: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
+    """[P, H]: one vector per position (a group of one or two sender ids; `table` [V, H] their strings)."""
+    a = table[torch.tensor([g[0] for g in groups])]
+    b = table[torch.tensor([g[-1] for g in groups])]
+    return pooler(a, b, torch.tensor([len(g) == 2 for g in groups]))
 
 
 def loss_for(rec: Receiver, pooler: PairPooler, table: torch.Tensor, batch: list[tuple[list[list[int]], str]]):
-    """Relative squared error of the pooled reading's states to the token-a-position reading's."""
-    ctx = rec.embed(rec.context_ids)
-    t_rests, s_rests, tails = [], [], []
-    for groups, q in batch:
-        flat = [i for g in groups for i in g]
-        t_rests.append(rec.rest(table[torch.tensor(flat)], q))
-        s_rests.append(rec.rest(pooler(table, groups), q))
-        tails.append(len(t_rests[-1]) - len(ctx) - len(flat))
-    with torch.no_grad():
-        t_h, t_pad = states(rec, t_rests)
-    s_h, s_pad = states(rec, s_rests)
-    C, total, n = len(ctx), 0.0, 0
-    for k, (groups, _) in enumerate(batch):
-        ends = torch.tensor([len(g) for g in groups]).cumsum(0) - 1   # each group's last token
-        P, N = len(groups), int(ends[-1]) + 1
-        t_idx = torch.cat([t_pad[k] + C + ends, t_pad[k] + C + N + torch.arange(tails[k])])
-        s_idx = torch.cat([s_pad[k] + C + torch.arange(P), s_pad[k] + C + P + torch.arange(tails[k])])
-        t, s = t_h[k, t_idx], s_h[k, s_idx]
-        total = total + (((s - t) ** 2).sum(-1) / (t ** 2).sum(-1).clamp_min(1e-6)).sum()
-        n += len(t_idx)
-    return total / n
+    """Relative squared error of the pooled reading's states to the token-a-position reading's
+    (`latentwire.pooler.state_loss`, each id's vector read from `table`)."""
+    reader = SimpleNamespace(strings=lambda ids: table[torch.tensor(ids)], pooler=pooler)
+    layout = lambda groups: [b for g in groups for b in ([1, 0] if len(g) == 2 else [0])]  # noqa: E731
+    return state_loss(rec, reader, [([i for g in groups for i in g], layout(groups), q) for groups, q in batch])
 
 
 def main(argv=None) -> dict:
@@ -230,7 +175,7 @@ def main(argv=None) -> dict:
             layouts[shape] = [positions(sender, r, args.M, shape, args.keep) for r in test]
         pos = layouts[shape]
         with torch.no_grad():
-            softs = [pooler(table, p) if v == learned else soft(table, p, v) for p in pos]
+            softs = [pool_groups(pooler, table, p) if v == learned else soft(table, p, v) for p in pos]
         res = {**read(rec, test, pos, softs, params.evaluate.max_new_tokens, args.batch),
                "wall_s": round(time.time() - t0)}
         out["variants"][v] = res

@@ -31,37 +31,17 @@ from latentwire.io import read_jsonl, write_text
 from latentwire.llm import load_frozen
 from latentwire.metrics import f1_score
 from latentwire.receiver import Receiver
-from latentwire.sender import Sender, is_pick_dev
+from latentwire.payload import KIND_PAIRED_IDS, Latent
+from latentwire.sender import Sender, is_pick_dev, pair_up, sure
 
 VARIANTS = ("tokens_M", "tokens_2M", "pair_mean", "pair_renorm")
-
-
-def groups(sender: Sender, picked, single: frozenset[int] = frozenset()) -> list[list[int]]:
-    """The positions of a pooled latent: runs of two adjacent picked tokens inside one span; a
-    separator between spans, and each token whose index (into the read) is in `single`, takes a
-    position alone."""
-    out = []
-    for j, (a, b) in enumerate(picked.spans):
-        if j and picked.spans[j - 1][1] < a:
-            out.append([sender.sep_id])
-        ids, t = picked.read.ids, a
-        while t < b:
-            two = t + 1 < b and t not in single and t + 1 not in single
-            out.append(ids[t:t + 2] if two else [ids[t]])
-            t += 2 if two else 1
-    return out
-
-
-def sure(picked, scores: list[float], keep: int) -> frozenset[int]:
-    """The `keep` picked tokens the pick rates highest (the answer-bearing ones it is surest of)."""
-    idx = [t for a, b in picked.spans for t in range(a, b)]
-    return frozenset(sorted(idx, key=lambda t: -scores[t])[:keep])
 
 
 def positions(sender: Sender, row: dict, M: int, variant: str, keep: int = 0) -> list[list[int]]:
     """The token ids each position carries, for one variant. The pooled layouts (pair_*, vrate_*)
     hold the most picked tokens that fit in M positions; vrate_* keeps the pick's `keep`
-    best-rated tokens at one position each and pools the rest in pairs (issue 22's variable rate)."""
+    best-rated tokens at one position each and pools the rest in pairs (issue 22's variable rate;
+    the pipeline's option ids.keep lays out the same, `Sender.slots`)."""
     r = sender.pick(row["question"], row["context"], M).read
     scores = sender.model.score(r)
     if variant == "tokens_M":
@@ -71,7 +51,7 @@ def positions(sender: Sender, row: dict, M: int, variant: str, keep: int = 0) ->
     keep = keep if variant.startswith("vrate") else 0
     for budget in range(2 * M, M - 1, -1):  # the most picked tokens whose layout fits in M positions
         picked = sender.spend(r, scores, budget)
-        g = groups(sender, picked, sure(picked, scores, keep))
+        g = Latent(KIND_PAIRED_IDS, 16, None, ids=picked.ids, pairs=pair_up(picked.spans, sure(picked.spans, scores, keep))).groups()
         if len(g) <= M:
             return g
     return [[i] for i in sender.spend(r, scores, M).ids]

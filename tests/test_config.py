@@ -153,6 +153,11 @@ def test_rating_bits_hold_every_bucket(tmp_path, edges, bits):
     assert 2 ** bits >= len(edges) + 1 > 2 ** (bits - 1) if bits else edges == []  # the fewest bits that hold every bucket
 
 
+@pytest.mark.parametrize("edit", [{"ids.keep": -1}, {"ids.keep": 8, "ids.rating_edges": [0.5]}])
+def test_variable_rate_slots_keep_a_count_of_tokens_and_carry_no_ratings(tmp_path, edit):
+    assert "ids.keep: a count >= 0 (or null), and not with ids.rating_edges" in error(edited(tmp_path, edit))
+
+
 def test_M_must_fit_the_payload_header(tmp_path):
     msg = error(edited(tmp_path, {"stage1.M": 256}))
     assert "params.stage1" in msg and "M = 256" in msg and "at most 255" in msg

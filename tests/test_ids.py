@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from latentwire import baselines, evaluate, pick, sender
+from latentwire import baselines, evaluate, payload, pick, sender
 from latentwire.config import load_params
 from latentwire.receiver import Receiver
 from latentwire.llm import load_frozen
@@ -55,6 +55,8 @@ def test_latent_is_decoded_from_measured_payloads(project, trained):
             # every slot the receiver reads is one id of the payload: 2 bytes a position + 7
             assert res["bytes"]["ids"]["per_model"] == pytest.approx(2 * res["positions"]["latent_mean"] + 7)
             assert res["slots"]["exact"] == 1.0
+            if slot == "llama":  # the codebook's own tokenizer: one id a position
+                assert res["positions"]["tokens_per_slot"] == 1.0
             assert set(res["ci"]) == {"text", "m_token", "equal_byte", "selected_text", "selected_equal_byte"}
         assert m[slot]["pooled"]["n"] == 6
     assert set(m["pick"]) == {"squad", "nq"} and m["pick"]["squad"]["n"] == 3
@@ -416,18 +418,58 @@ def test_pool_probe_benchmark_runs_on_the_tiny_models(project, trained, tmp_path
 
 
 def test_variable_rate_layout_keeps_the_best_rated_tokens_single_and_pairs_the_rest():
-    """issue 22's variable rate (bench/pool_probe.groups): the pick's best-rated picked tokens take
-    a position each, the other tokens of a span go in adjacent pairs, a gap between spans takes a
-    separator, and a token is never split from its span."""
-    from types import SimpleNamespace as NS
-
-    probe = bench("pool_probe")
-    sender = NS(sep_id=0)
-    picked = NS(spans=[(0, 5), (7, 10)], read=NS(ids=list(range(10, 20))))
+    """ids.keep's layout (sender.sure, sender.pair_up): the pick's best-rated picked tokens take a
+    position each, the other tokens of a span go in adjacent pairs, a gap between spans takes a
+    separator, and a token is never paired across spans."""
+    spans, ids = [(0, 5), (7, 10)], pick.lay_out(list(range(10, 20)), [(0, 5), (7, 10)], 0)
     scores = [0.1, 0.2, 0.9, 0.3, 0.1, 0.0, 0.0, 0.8, 0.1, 0.2]
-    assert probe.sure(picked, scores, 2) == {2, 7}
-    assert probe.groups(sender, picked) == [[10, 11], [12, 13], [14], [0], [17, 18], [19]]
-    assert probe.groups(sender, picked, probe.sure(picked, scores, 2)) == [[10, 11], [12], [13, 14], [0], [17], [18, 19]]
+    laid = lambda pairs: payload.Latent(payload.KIND_PAIRED_IDS, 16, None, ids=ids, pairs=pairs).groups()  # noqa: E731
+    assert sender.sure(spans, scores, 2) == {2, 7}
+    assert laid(sender.pair_up(spans)) == [[10, 11], [12, 13], [14], [0], [17, 18], [19]]
+    assert laid(sender.pair_up(spans, sender.sure(spans, scores, 2))) == [[10, 11], [12], [13, 14], [0], [17], [18, 19]]
+
+
+def test_a_paired_adapter_starts_as_the_mean_of_each_pair():
+    """TokenAdapter with `paired` (ids.keep): a pair's position is the mean of its two ids' string
+    embeddings at the start (a single id's is its own), before the correction and positions (zero)."""
+    from latentwire.adapter import TokenAdapter
+
+    E = torch.randn(20, 8)
+    a = TokenAdapter(8, 4, rank=2, paired=True)
+    a.set_table(E, list, to_strings=lambda ids: [[i] if i != 7 else [3, 4] for i in ids])
+    out = a(torch.tensor([1, 2, 7, 5, 6]), pairs=[1, 0, 0, 1, 0])
+    want = torch.stack([(E[1] + E[2]) / 2, (E[3] + E[4]) / 2, (E[5] + E[6]) / 2])
+    assert torch.allclose(out, want, atol=1e-6)
+    assert a.built_from([1, 2, 7, 5, 6], [1, 0, 0, 1, 0]) == [-1, -1, -1]  # pairs, and a split string
+    assert a.built_from([9], [0]) == [9]
+    with pytest.raises(ValueError, match="every id needs its layout bit"):
+        a(torch.tensor([1, 2]))
+
+
+def test_variable_rate_pipeline_reads_more_tokens_than_positions(tiny_models, tmp_path_factory, one_thread):
+    """ids.keep end to end on the tiny models: stage1 fits both receivers' poolers first (each lowers
+    its state error), the payload is kind paired ids (2 B an id + a layout bit + 7), and every
+    receiver reads more ids than positions, within M."""
+    def edit(raw):
+        raw["ids"].update(keep=2, pooler_steps=6, pooler_rows=16, pooler_layers=1)
+    root = ids_project(tmp_path_factory.mktemp("vrate"), tiny_models, edit)
+    _, m = run_ids_pipeline(root)
+    s1 = json.loads((root / "metrics/train/stage1.json").read_text())
+    for slot in ("llama", "qwen"):
+        start, end = s1["poolers"][slot]["loss_first_batch"]
+        assert end < start and s1["poolers"][slot]["rows"] == 16
+    s = sender.Sender.load(load_params(root / "params.yaml"), root / "models/pick", 8)
+    eval_rows = [json.loads(x) for x in (root / "data/mix/eval.jsonl").read_text().splitlines()]
+    for ds in ("squad", "nq"):
+        sent = [payload.unpack(s.send(r["question"], r["context"]), s.codebook, s.limits())
+                for r in eval_rows if r["dataset"] == ds]
+        assert all(lat.kind == payload.KIND_PAIRED_IDS and lat.positions <= 8 < lat.n for lat in sent)
+        n = [lat.n for lat in sent]
+        assert m["llama"][ds]["bytes"]["ids"]["per_model"] == pytest.approx(sum(2 * k + -(-k // 8) + 7 for k in n) / len(n))
+        for slot in ("llama", "qwen"):
+            pos = m[slot][ds]["positions"]
+            assert pos["latent_max"] <= 8 and pos["tokens_per_slot"] == pytest.approx(sum(n) / len(n) / pos["latent_mean"])
+            assert m[slot][ds]["slots"]["exact"] == 1.0
 
 
 @pytest.mark.parametrize("layout", ["pair", "vrate"])
@@ -440,7 +482,7 @@ def test_pair_slots_benchmark_trains_the_pooler_from_the_mean(project, trained, 
 
     ps = bench("pair_slots")
     table = torch.randn(10, 8)
-    start = ps.PairPooler(8, rank=4)(table, [[1, 2], [3], [4, 5]])
+    start = ps.pool_groups(ps.PairPooler(8, rank=4), table, [[1, 2], [3], [4, 5]])
     assert torch.allclose(start, torch.stack([(table[1] + table[2]) / 2, table[3], (table[4] + table[5]) / 2]))
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows(60, "squad", 100) + rows(60, "nq", 300)))

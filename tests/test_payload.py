@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latentwire import payload
-from latentwire.payload import KIND_IDS, KIND_RATED_IDS, KIND_VALUES, Latent, Limits, PayloadError, pack, unpack
+from latentwire.payload import (KIND_IDS, KIND_PAIRED_IDS, KIND_RATED_IDS, KIND_VALUES, Latent, Limits, PayloadError,
+                                pack, unpack)
 
 REPO = Path(__file__).resolve().parents[1]
 CODEBOOK = 0xBEEF
@@ -94,6 +95,64 @@ def test_pack_refuses_ratings_that_do_not_fit():
                                (None, 2, "None ratings for 2 ids"), ([0, 0], 0, "rating_bits 0")):
         with pytest.raises(PayloadError, match=match):
             pack(Latent(KIND_RATED_IDS, 16, None, ids=[5, 6], ratings=ratings, rating_bits=rb), CODEBOOK)
+
+
+@st.composite
+def layouts(draw, n_max: int = 255):
+    """ids with a valid layout: positions of one id or two, in any order."""
+    sizes = draw(st.lists(st.sampled_from([1, 2]), max_size=n_max // 2))
+    pairs = [b for k in sizes for b in ([1, 0] if k == 2 else [0])]
+    return draw(st.lists(st.integers(0, 65535), min_size=len(pairs), max_size=len(pairs))), pairs
+
+
+@settings(max_examples=200, deadline=None)
+@given(laid=layouts(), codebook=st.integers(0, 65535))
+def test_paired_ids_round_trip_exactly(laid, codebook):
+    ids, pairs = laid
+    sent = pack(Latent(KIND_PAIRED_IDS, 16, None, ids=ids, pairs=pairs), codebook)
+    assert len(sent) == payload.HEADER + 2 * len(ids) + -(-len(ids) // 8) + payload.TRAILER
+    back = unpack(sent, codebook, Limits(paired=True))
+    assert (back.kind, back.ids, back.pairs) == (KIND_PAIRED_IDS, ids, pairs)
+    assert back.positions == len(back.groups()) == len(ids) - sum(pairs)
+    assert [i for g in back.groups() for i in g] == ids
+
+
+def test_paired_ids_may_hold_more_ids_than_M_in_M_positions():
+    """48 ids in 32 positions (16 pairs): within M = 32; one id more is not."""
+    pairs = [1, 0] * 16 + [0] * 16
+    sent = pack(Latent(KIND_PAIRED_IDS, 16, None, ids=list(range(100, 148)), pairs=pairs), CODEBOOK, LIMITS)
+    assert len(sent) == 7 + 96 + 6  # 3.4 B a position
+    assert unpack(sent, CODEBOOK, LIMITS).positions == 32
+    with pytest.raises(PayloadError, match="33 slots, more than M = 32"):
+        pack(Latent(KIND_PAIRED_IDS, 16, None, ids=list(range(100, 149)), pairs=pairs + [0]), CODEBOOK, LIMITS)
+
+
+def paired_payload(ids: list[int], layout_body: bytes) -> bytes:
+    head = bytes([payload.MAGIC, (payload.VERSION << 4) | KIND_PAIRED_IDS, len(ids), 16, payload.NO_HINT])
+    return sealed(head + np.asarray(ids, dtype="<u2").tobytes() + layout_body)
+
+
+@pytest.mark.parametrize("data, limits, match", [
+    (paired_payload([500, 600, 700], bytes([0b001])), Limits(paired=False),
+     "carries paired ids .*, this receiver reads one id a position"),
+    (pack(Latent(KIND_IDS, 16, None, ids=[500, 600]), CODEBOOK), Limits(paired=True),
+     "carries one id a position, this receiver reads paired ids"),
+    (paired_payload([500, 600, 700], bytes([0b011])), None, "id 0 pairs with the next, but that one starts a pair too"),
+    (paired_payload([500, 600, 700], bytes([0b100])), None, "id 2 pairs with the next, but that one does not exist"),
+    (paired_payload([500, 600, 700], bytes([0b1000])), None, "padding bits after the last layout bit are not zero"),
+    (paired_payload([500, 600, 700], b""), None, "does not match its header"),
+    (paired_payload([500, 5, 700], bytes([0b001])), LIMITS, "id 5 at slot 1 is a special/control token"),
+])
+def test_layouts_the_receiver_cannot_read_are_refused(data, limits, match):
+    with pytest.raises(PayloadError, match=match):
+        unpack(data, CODEBOOK, limits)
+
+
+def test_pack_refuses_a_layout_that_does_not_fit_its_ids():
+    for pairs, match in (([1], "1 layout bits for 2 ids"), ([1, 1], "starts a pair too"), ([0, 2], "0 or 1"),
+                         (None, "no layout bits")):
+        with pytest.raises(PayloadError, match=match):
+            pack(Latent(KIND_PAIRED_IDS, 16, None, ids=[5, 6], pairs=pairs), CODEBOOK)
 
 
 @pytest.fixture
@@ -184,11 +243,12 @@ SUSPECT = [0, 1, 16, 17, 49151, 49152, 60000, 65535]  # the limits' edges
 
 @st.composite
 def checksummed(draw) -> bytes:
-    """Any header and body under a valid CRC: a well-formed ids or values body (ids near the
-    limits' edges, values any bytes) or raw bytes under any header."""
-    shape, hint = draw(st.sampled_from(["ids", "rated", "values", "raw"])), draw(st.integers(0, 255))
+    """Any header and body under a valid CRC: a well-formed ids, rated ids, paired ids or values
+    body (ids near the limits' edges, ratings, layout bits and values any bytes) or raw bytes under
+    any header."""
+    shape, hint = draw(st.sampled_from(["ids", "rated", "paired", "values", "raw"])), draw(st.integers(0, 255))
     bits = draw(st.one_of(st.sampled_from([16, 8, 4]), st.integers(0, 255)))
-    if shape == "ids":  # codebook ids, mostly 16 bits, often one of them suspect
+    if shape in ("ids", "rated", "paired"):  # codebook ids, mostly 16 bits, often one of them suspect
         n = draw(st.integers(0, 40))
         ids = draw(st.lists(st.integers(17, 49151), min_size=n, max_size=n))
         if n and draw(st.sampled_from([True, True, False])):
@@ -198,6 +258,9 @@ def checksummed(draw) -> bytes:
             rb = draw(st.one_of(st.integers(1, 8), st.integers(0, 255)))
             size = draw(st.sampled_from([-(-n * rb // 8)] * 3 + [draw(st.integers(0, 40))]))
             kind, body = KIND_RATED_IDS, bytes([rb]) + body + draw(st.binary(min_size=size, max_size=size))
+        if shape == "paired":  # their layout bits, any bytes, mostly as many as they take
+            size = draw(st.sampled_from([-(-n // 8)] * 3 + [draw(st.integers(0, 8))]))
+            kind, body = KIND_PAIRED_IDS, body + draw(st.binary(min_size=size, max_size=size))
     elif shape == "values":
         n, width, group = draw(st.integers(0, 40)), draw(st.integers(0, 24)), draw(st.integers(1, 64))
         bits = bits if bits in (16, 8, 4) else 16
@@ -205,7 +268,8 @@ def checksummed(draw) -> bytes:
         size = len(layout) - payload.HEADER - payload.TRAILER - 2  # after width and group
         kind, body = KIND_VALUES, bytes([width, group]) + draw(st.binary(min_size=size, max_size=size))
     else:
-        kind = draw(st.one_of(st.sampled_from([KIND_IDS, KIND_RATED_IDS, KIND_VALUES]), st.integers(0, 15)))
+        kind = draw(st.one_of(st.sampled_from([KIND_IDS, KIND_RATED_IDS, KIND_PAIRED_IDS, KIND_VALUES]),
+                              st.integers(0, 15)))
         n, body = draw(st.integers(0, 255)), draw(st.binary(max_size=200))
     return sealed(bytes([payload.MAGIC, (payload.VERSION << 4) | kind, n, bits, hint]) + body)
 
@@ -219,9 +283,9 @@ def test_checksummed_payloads_are_refused_or_within_the_limits(data):
     except PayloadError:
         return
     assert got.n == data[2]
-    if got.kind in (KIND_IDS, KIND_RATED_IDS):
-        assert got.bits == 16 and got.n <= LIMITS.max_slots
-        assert got.kind == KIND_IDS or (len(got.ratings) == got.n and max(got.ratings, default=0) < 2 ** got.rating_bits)
+    if got.kind in (KIND_IDS, KIND_RATED_IDS, KIND_PAIRED_IDS):
+        assert got.bits == 16 and got.positions == len(got.groups()) <= LIMITS.max_slots
+        assert got.kind != KIND_RATED_IDS or (len(got.ratings) == got.n and max(got.ratings, default=0) < 2 ** got.rating_bits)
         assert all(0 <= i < LIMITS.vocab_size and i not in LIMITS.forbidden for i in got.ids)
         assert pack(got, CODEBOOK, LIMITS) == data  # what passes is exactly re-sendable
     else:
@@ -258,7 +322,8 @@ def receiver(tmp_path_factory, tiny_models, one_thread):
 def test_sender_limits_name_the_codebook_and_its_special_tokens(receiver):
     s = receiver.lw.codec.sender
     tok, lim = s.tokenizer, s.limits()
-    assert lim == receiver.lw.codec.limits == Limits(len(tok), 8, lim.forbidden, rating_bits=0)  # the channel off: no ratings
+    # the channel off (no ratings), one id a position (no layout bits)
+    assert lim == receiver.lw.codec.limits == Limits(len(tok), 8, lim.forbidden, rating_bits=0, paired=False)
     assert {tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<eos>", "<pad>")} <= lim.forbidden
     assert s.limits(5).max_slots == 5
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .pooler import PairPooler, pool
 
 INIT_STD = 0.02
 
@@ -66,13 +67,22 @@ class TokenAdapter(nn.Module):
 
     The rating channel (`ratings` buckets, ids.rating_edges): each position also adds a learned
     embedding of its token's rating bucket (the highest of the ids its characters come from),
-    zero at the start too: what the text cannot carry, which only a learned receiver can read."""
+    zero at the start too: what the text cannot carry, which only a learned receiver can read.
 
-    def __init__(self, hidden: int, M: int, rank: int = 64, ratings: int = 0):
+    Variable-rate slots (`paired`, ids.keep): the ids come with layout bits (payload kind paired
+    ids) and a position holds one id or two. Each id's base is then the mean of the model's
+    embeddings of its own string's tokens (`strings`), and a pair's two are pooled into one
+    position by a learned `PairPooler` (pooler.py), the plain mean at the start; the correction
+    and the positions are added on top as above."""
+
+    def __init__(self, hidden: int, M: int, rank: int = 64, ratings: int = 0, paired: bool = False):
         super().__init__()
         self.E: torch.Tensor | None = None  # set_table(): the model's input embeddings [V, hidden]
         self.to_tokens = None               # set_table(): codebook ids -> the model's own tokens
         self.to_ratings = None              # set_table(): (ids, ratings) -> a rating per own token
+        self.to_strings = None              # set_table(): codebook ids -> each one's string's own tokens
+        self._strings: dict[int, torch.Tensor] = {}  # codebook id -> its string's mean embedding
+        self.pooler = PairPooler(hidden, rank) if paired else None
         self.delta = nn.Sequential(nn.Linear(hidden, rank), nn.GELU(), nn.Linear(rank, hidden))
         nn.init.zeros_(self.delta[2].weight)
         nn.init.zeros_(self.delta[2].bias)
@@ -81,8 +91,21 @@ class TokenAdapter(nn.Module):
         if self.rating is not None:
             nn.init.zeros_(self.rating.weight)
 
-    def set_table(self, embeddings: torch.Tensor, to_tokens, to_ratings=None) -> None:
-        self.E, self.to_tokens, self.to_ratings = embeddings, to_tokens, to_ratings
+    def set_table(self, embeddings: torch.Tensor, to_tokens, to_ratings=None, to_strings=None) -> None:
+        self.E, self.to_tokens, self.to_ratings, self.to_strings = embeddings, to_tokens, to_ratings, to_strings
+        self._strings = {}
+
+    def strings(self, ids: list[int]) -> torch.Tensor:
+        """[n, hidden]: each codebook id's string read alone, the mean of the model's embeddings of
+        its tokens (kept per id as ids are first seen; frozen)."""
+        new = sorted({i for i in ids if i not in self._strings})
+        if new:
+            if self.to_strings is None:
+                raise RuntimeError("TokenAdapter: call set_table(..., to_strings=string_reader(...)) first")
+            for i, toks in zip(new, self.to_strings(new)):
+                self._strings[i] = (self.E[torch.tensor(toks, dtype=torch.long, device=self.E.device)].float().mean(0)
+                                    if toks else self.E.new_zeros(self.E.shape[1], dtype=torch.float))
+        return torch.stack([self._strings[i] for i in ids]).to(self.pos.device, self.pos.dtype)
 
     def tokens(self, ids: list[int]) -> list[int]:
         """The model's own tokens of the ids' text, cut to len(ids) positions."""
@@ -90,21 +113,40 @@ class TokenAdapter(nn.Module):
             raise RuntimeError("TokenAdapter: call set_table(embeddings, receiver_tokens(...)) first")
         return self.to_tokens(ids)[:len(ids)]
 
-    def forward(self, ids: torch.Tensor, ratings: list[int] | None = None) -> torch.Tensor:
-        """ids [n] (and with the rating channel each one's rating) -> soft tokens [<= n, hidden];
-        more than M positions (a dataset with its own larger M) read the slot positions
-        interpolated to that many."""
+    def built_from(self, ids: list[int], pairs: list[int] | None = None) -> list[int]:
+        """Per position, the model's token it was built from (-1: a pair, or an id whose string
+        takes several of the model's tokens): what the `readable` diagnostic compares with."""
+        if self.pooler is None:
+            return self.tokens(ids)
+        out, k = [], 0
+        while k < len(ids):
+            toks = self.to_strings([ids[k]])[0]
+            out.append(toks[0] if not pairs[k] and len(toks) == 1 else -1)
+            k += 2 if pairs[k] else 1
+        return out
+
+    def forward(self, ids: torch.Tensor, ratings: list[int] | None = None,
+                pairs: list[int] | None = None) -> torch.Tensor:
+        """ids [n] (with the rating channel each one's rating; `paired`, each one's layout bit) ->
+        soft tokens [<= n, hidden]; more than M positions (a dataset with its own larger M) read
+        the slot positions interpolated to that many."""
         ids = ids.tolist()
-        tok = torch.tensor(self.tokens(ids), dtype=torch.long, device=self.E.device)
-        e = self.E[tok].to(self.pos.device, self.pos.dtype)
-        pos = self.pos if len(tok) <= len(self.pos) else resize_rows(self.pos, len(tok))  # a dataset's own larger M
-        x = e + self.delta(e) + pos[:len(tok)]
+        if self.pooler is not None:
+            if pairs is None or len(pairs) != len(ids):
+                raise ValueError("TokenAdapter: this adapter reads variable-rate slots (ids.keep): every id "
+                                 "needs its layout bit")
+            e = pool(self.pooler, self.strings(ids), pairs)
+        else:
+            tok = torch.tensor(self.tokens(ids), dtype=torch.long, device=self.E.device)
+            e = self.E[tok].to(self.pos.device, self.pos.dtype)
+        pos = self.pos if len(e) <= len(self.pos) else resize_rows(self.pos, len(e))  # a dataset's own larger M
+        x = e + self.delta(e) + pos[:len(e)]
         if self.rating is None:
             return x
         if ratings is None or len(ratings) != len(ids):
             raise ValueError("TokenAdapter: this adapter reads the rating channel (ids.rating_edges): "
                              "every id needs its rating")
-        own = self.to_ratings(ids, ratings)[:len(tok)] if self.to_ratings else ratings[:len(tok)]
+        own = self.to_ratings(ids, ratings)[:len(e)] if self.to_ratings else ratings[:len(e)]
         return x + self.rating(torch.tensor(own, dtype=torch.long, device=self.pos.device))
 
     @torch.no_grad()
@@ -142,6 +184,11 @@ def receiver_ratings(codebook_tokenizer, receiver):
             out.append(max((r for r, s, e in zip(ratings, starts, ends) if e > a and s < b), default=0))
         return out
     return rate
+
+
+def string_reader(codebook_tokenizer, receiver):
+    """codebook ids -> each one's string alone in the receiver's own tokens (`string_tokens`)."""
+    return lambda ids: string_tokens(codebook_tokenizer, receiver, ids)
 
 
 def string_tokens(codebook_tokenizer, receiver, ids: list[int] | None = None) -> list[list[int]]:

@@ -210,7 +210,9 @@ class Sent:
 
 
 def send_all(params: Params, rows: list[dict], pick_dir: str | Path) -> Sent:
-    """kind ids: every row picked once at its dataset's M by the fitted pick (models/pick).
+    """kind ids: every row picked once at its dataset's M by the fitted pick (models/pick); with
+    ids.keep the payload's bytes are those of the variable-rate layout (`Sender.slots`), its
+    picked text still the pick at M tokens.
     kind bytes: the payload has one size for every row (M slots of d_wire values, packed), so
     the budget is that size, measured by packing zeros of the codec's shape."""
     M_of = dataset_M(params, rows)
@@ -225,8 +227,9 @@ def send_all(params: Params, rows: list[dict], pick_dir: str | Path) -> Sent:
     picks = [sender.pick(r["question"], r["context"], M_of[r["dataset"]])
              for r in tqdm(rows, desc="pick", leave=False, disable=None)]
     limits = sender.limits(max(M_of.values()))
-    nbytes = {r["id"]: len(payload.pack(sender.latent(p), sender.codebook, limits))
-              for r, p in zip(rows, picks)}
+    sent = picks if sender.keep is None else [sender.slots(r["question"], r["context"], M_of[r["dataset"]])
+                                              for r in rows]  # ids.keep: the payload lays out more ids
+    nbytes = {r["id"]: len(payload.pack(sender.latent(p), sender.codebook, limits)) for r, p in zip(rows, sent)}
     return Sent(nbytes, {r["id"]: sender.decode(p.ids) for r, p in zip(rows, picks)},
                 pick_report(rows, picks, [M_of[r["dataset"]] for r in rows], params.seed))
 

@@ -131,11 +131,22 @@ class IdsConfig:
     rating_edges: list[float] = field(default_factory=list)  # the rating channel (off: []): each id also
                                      # carries the pick's answer probability as a bucket cut at these edges
                                      # (3 edges: 2 bits an id), read through a learned embedding per bucket
+    keep: int | None = None          # variable-rate slots (off: null, one picked token a position): the pick's
+                                     # `keep` best-rated picked tokens keep a position each, the other picked
+                                     # tokens go in adjacent pairs inside their span, one position a pair read
+                                     # through each receiver's learned pooler (pooler.py); payload kind paired ids
+    pooler_steps: int = 400          # ids.keep: stage1 first fits each receiver's pooler, this many steps of
+    pooler_rows: int = 1000          # train.batch_size on this many rows of the pick's train-split pool, to the
+    pooler_layers: int = 6           # receiver's own states at this layer over the same tokens one a position
 
     def __post_init__(self):
         e = self.rating_edges
         if any(not 0.0 < x < 1.0 for x in e) or any(a >= b for a, b in zip(e, e[1:])) or len(e) > 255:
             raise ConfigError(f"ids.rating_edges: at most 255 increasing probabilities in (0, 1), not {e}")
+        if self.keep is not None and (self.keep < 0 or e):
+            raise ConfigError(f"ids.keep: a count >= 0 (or null), and not with ids.rating_edges, not {self.keep}")
+        if self.pooler_steps < 0 or self.pooler_rows < 1 or self.pooler_layers < 1:
+            raise ConfigError("ids: pooler_steps >= 0, pooler_rows and pooler_layers >= 1")
 
     @property
     def rating_bits(self) -> int:

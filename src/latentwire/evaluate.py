@@ -83,13 +83,15 @@ def latent_model(llm: FrozenLLM, lw: LatentWire, rows: list[dict], sent: dict, n
              f"pred_{variant}": p, f"f1_{variant}": best_f1(p, r["answers"])} for r, p in zip(ds_rows, preds)])
         sizes = [len(sent[r["id"]][0]) for r in ds_rows]
         mean_bytes, ctx = sum(sizes) / len(sizes), base[ds]["context_bytes"]
-        n_slots = max(diag.pop("slots", 0), 1)
+        n_ids = diag.pop("slots", 0)  # the codebook ids sent (kind values: the slots)
+        n_slots = max(n_ids, 1)
         result[ds] = {
             variant: {**score(preds, ds_rows), "distinct_ratio": len(set(preds)) / len(preds)},
             "bytes": {name: {"per_model": mean_bytes, "max": max(sizes), "total": mean_bytes,
                              "per_slot": sum(sizes) / max(sum(n_pos), 1), "text_over_wire": ctx / mean_bytes,
                              "text_over_wire_total": ctx / mean_bytes}},
             "positions": {"latent_mean": sum(n_pos) / len(n_pos), "latent_max": max(n_pos), "M": M_of[ds],
+                          "tokens_per_slot": n_ids / max(sum(n_pos), 1),  # ids (or slots) a receiver position
                           "text_context_tokens": base[ds].get("context_tokens"),
                           "text_over_latent": (base[ds]["context_tokens"] / (sum(n_pos) / len(n_pos))
                                                if base[ds].get("context_tokens") else None)},

@@ -9,6 +9,10 @@ shares the codebook's tokenizer reads the ids exactly and another reads the same
 The rating channel (ids.rating_edges, off by default): the payload also carries each id's rating
 bucket (the pick's answer probability, `Sender.pick`), and each adapter adds a learned embedding
 per bucket (zero at the start, so its step 0 reads what the channel off reads).
+
+Variable-rate slots (ids.keep, off by default): the sender lays more picked ids than M out in M
+positions (`Sender.slots`), the payload carries a layout bit an id, and each adapter pools a pair
+into one position through its learned pooler (pooler.py; `TokenAdapter` with `paired`).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import torch
 from torch import nn
 
 from . import pick
-from .adapter import TokenAdapter, receiver_ratings, receiver_tokens, string_tokens
+from .adapter import TokenAdapter, receiver_ratings, receiver_tokens, string_reader, string_tokens
 from .payload import Latent, Limits
 from .sender import Sender
 
@@ -28,7 +32,8 @@ class IdCodec(nn.Module):
         super().__init__()
         self.params, self.pick_dir, self._M = params, Path(pick_dir), M
         buckets = 2 ** params.ids.rating_bits if params.ids.rating_edges else 0  # any value the bits can hold
-        self.adapters = nn.ModuleDict({s: TokenAdapter(hidden[s], M, params.train.adapter_rank, buckets)
+        paired = params.ids.keep is not None
+        self.adapters = nn.ModuleDict({s: TokenAdapter(hidden[s], M, params.train.adapter_rank, buckets, paired)
                                        for s in params.models})
         self._sender: Sender | None = None
         self.readers: dict = {}                    # slot -> the attached LLM (its tokenizer: `split`)
@@ -44,7 +49,8 @@ class IdCodec(nn.Module):
         return self.params.positions(row.get("dataset"), self._M)
 
     def pick(self, row: dict):
-        return self.sender.pick(row["question"], row["context"], self.M_for(row))
+        """What the row's latent carries (`Sender.slots`: the pick, laid out with ids.keep)."""
+        return self.sender.slots(row["question"], row["context"], self.M_for(row))
 
     @property
     def sender(self) -> Sender:
@@ -75,7 +81,8 @@ class IdCodec(nn.Module):
         self.readers[llm.slot], self.splits[llm.slot] = llm, {}
         self.adapters[llm.slot].set_table(llm.model.get_input_embeddings().weight.detach(),
                                           receiver_tokens(self.sender.tokenizer, llm),
-                                          receiver_ratings(self.sender.tokenizer, llm))
+                                          receiver_ratings(self.sender.tokenizer, llm),
+                                          string_reader(self.sender.tokenizer, llm))
 
     def split(self, slot: str, ids: list[int]) -> list[int]:
         """How many of the slot's receiver tokens each codebook id's string alone takes (a
@@ -102,12 +109,12 @@ class IdCodec(nn.Module):
         return [self.sender.latent(self.pick(r)) for r in rows]
 
     def soft(self, slot: str, latent: Latent) -> torch.Tensor:
-        return self.adapters[slot](torch.tensor(latent.ids, dtype=torch.long), latent.ratings)
+        return self.adapters[slot](torch.tensor(latent.ids, dtype=torch.long), latent.ratings, latent.pairs)
 
     @torch.no_grad()
     def diagnose(self, slot: str, llm, latents: list[Latent], sents: list[Latent], softs: list) -> list[dict]:
         """Per example counts: exact (the unpacked id is the sent one), readable (the model's
-        nearest token to a soft token is the token it was built from), split (ids whose string
+        nearest token to a soft token is the token it was built from, `TokenAdapter.built_from`), split (ids whose string
         alone takes more than one of the model's tokens), positions (the model's tokens of the
         ids' text, cut to the ids' count: what it reads). The nearest tokens of a batch's soft tokens come from
         one pass over the model's [V, H] embedding table per 256 of them (read from memory once,
@@ -124,7 +131,7 @@ class IdCodec(nn.Module):
         for latent, sent, soft in zip(latents, sents, softs):
             mine, at = near[at:at + len(soft)], at + len(soft)
             out.append({"slots": len(latent.ids), "exact": sum(a == b for a, b in zip(latent.ids, sent.ids)),
-                        "readable": sum(a == b for a, b in zip(mine, adapter.tokens(latent.ids))),
+                        "readable": sum(a == b for a, b in zip(mine, adapter.built_from(latent.ids, latent.pairs))),
                         "split": sum(n > 1 for n in self.split(slot, latent.ids)),
                         "positions": len(soft)})
         return out

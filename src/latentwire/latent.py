@@ -22,10 +22,10 @@ from .llm import FrozenLLM
 
 # what a checkpoint must match to load, per sender (the rest of its meta.json is informative):
 # the sender's own knobs (read from its params section) and what every checkpoint records
-SENDER_FIELDS = {"ids": ("feature_model", "rating_edges"),
+SENDER_FIELDS = {"ids": ("feature_model", "rating_edges", "keep"),
                  "bytes": ("d_z", "layers", "heads", "max_bytes", "hint_buckets", "d_wire", "shared_fraction")}
 ARCH_FIELDS = {kind: ("kind", *fields, "slots", "hidden") for kind, fields in SENDER_FIELDS.items()}
-ARCH_ABSENT = {"rating_edges": []}  # what a checkpoint saved before a field was recorded had
+ARCH_ABSENT = {"rating_edges": [], "keep": None}  # what a checkpoint saved before a field was recorded had
 
 
 class LatentWire(nn.Module):

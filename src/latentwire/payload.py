@@ -2,8 +2,10 @@
 
     offset  size  field
     0       1     magic 0x4C ("L")
-    1       1     format version (high 4 bits) | code kind (low 4 bits): 1 ids, 2 values, 3 rated ids
-    2       1     n: slots in this payload (at most M; fewer when the context is short)
+    1       1     format version (high 4 bits) | code kind (low 4 bits): 1 ids, 2 values, 3 rated ids,
+                  4 paired ids
+    2       1     n: slots in this payload (at most M; fewer when the context is short); kind paired
+                  ids: the ids it carries (their receiver positions, at most M, are n minus its pairs)
     3       1     bits: 16 for ids (uint16 each); 16, 8 or 4 for values
     4       1     hint: the answer-length bucket, 0xFF for none
     5       ...   body
@@ -12,7 +14,10 @@
 Body of kind ids: n little-endian uint16 indices into the shared codebook (the sender's
 vocabulary). Body of kind rated ids (ids.rating_edges, the rating channel): r, the bits of a
 rating (1 byte), the n ids as in kind ids, then each id's rating bucket in r bits, packed
-least significant bit first (ceil(n r / 8) bytes). Body of kind values (the continuous codes d_wire x bits of the learned senders):
+least significant bit first (ceil(n r / 8) bytes). Body of kind paired ids (ids.keep, variable-rate
+slots): the n ids as in kind ids, then one layout bit an id (ceil(n / 8) bytes, least significant
+bit first): 1 where the id and the next share one receiver position (a pair), 0 where it starts a
+position of its own; the id after a 1 has a 0, the last id a 0, the padding 0s. Body of kind values (the continuous codes d_wire x bits of the learned senders):
 width (1 byte), group size (1 byte), then fp16 values (bits 16) or, for ints, one fp16 scale
 per group of `group size` values followed by the values as signed ints (int4: two a byte).
 
@@ -34,7 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC, VERSION = 0x4C, 1
-KIND_IDS, KIND_VALUES, KIND_RATED_IDS = 1, 2, 3
+KIND_IDS, KIND_VALUES, KIND_RATED_IDS, KIND_PAIRED_IDS = 1, 2, 3, 4
+ID_KINDS = (KIND_IDS, KIND_RATED_IDS, KIND_PAIRED_IDS)
 NO_HINT = 0xFF
 HEADER, TRAILER = 5, 2
 
@@ -47,26 +53,30 @@ class PayloadError(ValueError):
 @dataclass(frozen=True)
 class Limits:
     """What a receiver accepts in a payload of kind ids: at most max_slots ids (its M), each
-    below vocab_size (the codebook's length) and none of `forbidden` (its special tokens); and
-    ratings of rating_bits bits each (0: none, kind ids; None: any). The defaults are the header's
-    own bounds."""
+    below vocab_size (the codebook's length) and none of `forbidden` (its special tokens); ratings
+    of rating_bits bits each (0: none, kind ids; None: any); and layout bits (paired: True, kind
+    paired ids, its ids in at most max_slots positions; False: none; None: either). The defaults
+    are the header's own bounds."""
     vocab_size: int = 65536
     max_slots: int = 255
     forbidden: frozenset[int] = frozenset()
     rating_bits: int | None = None
+    paired: bool | None = None
 
     def __post_init__(self):
         if not 0 < self.vocab_size <= 65536:
             raise ValueError(f"a codebook of {self.vocab_size} ids: 16-bit ids need 1 to 65536")
 
 
-def check_ids(ids: list[int], bits: int, limits: Limits | None = None) -> None:
-    """PayloadError, naming the slot, unless the ids are 16 bits each and within `limits`."""
+def check_ids(ids: list[int], bits: int, limits: Limits | None = None, positions: int | None = None) -> None:
+    """PayloadError, naming the slot, unless the ids are 16 bits each and within `limits` (in at
+    most M positions: `positions`, default one an id)."""
     limits = limits or Limits()
     if bits != 16:
         raise PayloadError(f"ids: bits {bits}, ids are 16 bits each")
-    if len(ids) > limits.max_slots:
-        raise PayloadError(f"ids: {len(ids)} slots, more than M = {limits.max_slots}")
+    positions = len(ids) if positions is None else positions
+    if positions > limits.max_slots:
+        raise PayloadError(f"ids: {positions} slots, more than M = {limits.max_slots}")
     for k, i in enumerate(ids):
         if not 0 <= i < limits.vocab_size:
             raise PayloadError(f"ids: id {i} at slot {k} is outside the codebook [0, {limits.vocab_size - 1}]")
@@ -92,10 +102,28 @@ def check_ratings(ids: list[int], ratings: list[int] | None, rating_bits: int, l
             raise PayloadError(f"ratings: rating {r} at slot {k} does not fit {rating_bits} bits")
 
 
+def check_pairs(ids: list[int], pairs: list[int] | None, limits: Limits | None = None) -> None:
+    """PayloadError unless `pairs` is a layout of the ids (one bit an id; a 1 pairs the id with
+    the next, which then has a 0, as has the last) and the receiver reads layouts if there is one."""
+    want = (limits or Limits()).paired
+    if want is not None and want != (pairs is not None):
+        say = lambda p: "paired ids (ids.keep)" if p else "one id a position"  # noqa: E731
+        raise PayloadError(f"layout: the payload carries {say(pairs is not None)}, this receiver reads "
+                           f"{say(want)} (ids.keep: the sender's and the receiver's differ)")
+    if pairs is None:
+        return
+    if len(pairs) != len(ids) or any(b not in (0, 1) for b in pairs):
+        raise PayloadError(f"layout: {len(pairs)} layout bits for {len(ids)} ids: one bit, 0 or 1, an id")
+    for k, b in enumerate(pairs):
+        if b and (k == len(pairs) - 1 or pairs[k + 1]):
+            raise PayloadError(f"layout: id {k} pairs with the next, but that one "
+                               + ("does not exist" if k == len(pairs) - 1 else "starts a pair too"))
+
+
 @dataclass
 class Latent:
     """What a payload carries: ids [n] (kind ids; kind rated ids: with ratings [n] of rating_bits
-    each) or values [n, width] (kind values)."""
+    each; kind paired ids: with a layout bit each, `pairs`) or values [n, width] (kind values)."""
     kind: int
     bits: int
     hint: int | None
@@ -104,16 +132,45 @@ class Latent:
     group_size: int = 32
     ratings: list[int] | None = None
     rating_bits: int = 0
+    pairs: list[int] | None = None
 
     @property
     def n(self) -> int:
         return int(self.values.shape[0]) if self.kind == KIND_VALUES else len(self.ids)
+
+    @property
+    def positions(self) -> int:
+        """The receiver positions it takes: one a slot, a pair of ids one."""
+        return self.n - sum(self.pairs or ())
+
+    def groups(self) -> list[list[int]]:
+        """Kind ids: the ids each receiver position reads (one, or a pair)."""
+        out, k = [], 0
+        while k < len(self.ids):
+            two = bool(self.pairs) and self.pairs[k] == 1
+            out.append(self.ids[k:k + 2] if two else [self.ids[k]])
+            k += 2 if two else 1
+        return out
 
 
 def fingerprint(vocab: dict[str, int]) -> int:
     """16 bits that name a codebook (a tokenizer's token -> id map)."""
     blob = "\n".join(f"{t}\t{i}" for t, i in sorted(vocab.items(), key=lambda kv: kv[1]))
     return int.from_bytes(hashlib.sha256(blob.encode("utf-8")).digest()[:2], "little")
+
+
+def _bits(values: list[int], width: int) -> bytes:
+    """Each value in `width` bits, least significant bit first, packed into bytes."""
+    bits = (np.asarray(values, dtype=np.uint8)[:, None] >> np.arange(width, dtype=np.uint8)) & 1
+    return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+
+
+def _values_of(buf: bytes, n: int, width: int, what: str) -> list[int]:
+    """`_bits`' inverse: n values of `width` bits; PayloadError if a padding bit is set."""
+    flat = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little")
+    if flat[n * width:].any():
+        raise PayloadError(f"{what}: the padding bits after the last {what.removesuffix('s')} are not zero: garbled")
+    return (flat[:n * width].reshape(n, width).astype(int) << np.arange(width)).sum(1).tolist()
 
 
 def _int_bytes(q: np.ndarray, bits: int) -> bytes:
@@ -160,16 +217,21 @@ def pack(latent: Latent, codebook: int, limits: Limits | None = None) -> bytes:
     hint = NO_HINT if latent.hint is None else int(latent.hint)
     if latent.hint is not None and not 0 <= hint < NO_HINT:
         raise PayloadError(f"hint {hint}: must be in [0, 254] (255 means none)")
-    if latent.kind in (KIND_IDS, KIND_RATED_IDS):
+    if latent.kind in ID_KINDS:
         rb = latent.rating_bits if latent.kind == KIND_RATED_IDS else 0
-        check_ids(latent.ids, latent.bits, limits)
+        pairs = latent.pairs if latent.kind == KIND_PAIRED_IDS else None
+        if latent.kind == KIND_PAIRED_IDS and pairs is None:
+            raise PayloadError("paired ids: no layout bits (a latent without them is kind ids)")
+        check_pairs(latent.ids, pairs, limits)
+        check_ids(latent.ids, latent.bits, limits, n - sum(pairs or ()))
         check_ratings(latent.ids, latent.ratings, rb, limits)
         if latent.kind == KIND_RATED_IDS and not rb:
             raise PayloadError("rated ids: rating_bits 0 (a latent without ratings is kind ids)")
         body = np.asarray(latent.ids, dtype="<u2").tobytes()
         if rb:
-            bits = (np.asarray(latent.ratings, dtype=np.uint8)[:, None] >> np.arange(rb, dtype=np.uint8)) & 1
-            body = bytes([rb]) + body + np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+            body = bytes([rb]) + body + _bits(latent.ratings, rb)
+        if pairs is not None:
+            body += _bits(pairs, 1)
     elif latent.kind == KIND_VALUES:
         if latent.bits not in (16, 8, 4):
             raise PayloadError(f"values: bits {latent.bits} not in (16, 8, 4)")
@@ -203,6 +265,8 @@ def unpack(payload: bytes, codebook: int, limits: Limits | None = None) -> Laten
         if len(body) < 1:
             raise PayloadError("payload truncated: the ratings' bits are missing")
         expected = 1 + 2 * n + -(-n * body[0] // 8)
+    elif kind == KIND_PAIRED_IDS:
+        expected = 2 * n + -(-n // 8)
     elif kind == KIND_VALUES:
         if len(body) < 2:
             raise PayloadError("payload truncated: the values header is missing")
@@ -213,7 +277,7 @@ def unpack(payload: bytes, codebook: int, limits: Limits | None = None) -> Laten
         if bits not in (16, 8, 4) or group == 0:
             raise PayloadError(f"values: bits {bits} / group size {group} are not valid")
     else:
-        raise PayloadError(f"unknown code kind {kind} (version {version} knows 1 ids, 2 values, 3 rated ids)")
+        raise PayloadError(f"unknown code kind {kind} (version {version} knows 1 ids, 2 values, 3 rated ids, 4 paired ids)")
     if len(body) != expected:
         raise PayloadError(f"payload length {len(payload)} does not match its header "
                            f"({HEADER + expected + TRAILER} bytes for n = {n}): truncated or garbled")
@@ -224,19 +288,24 @@ def unpack(payload: bytes, codebook: int, limits: Limits | None = None) -> Laten
     hint_v = None if hint == NO_HINT else hint
     if kind == KIND_IDS:
         ids = np.frombuffer(body, dtype="<u2").astype(int).tolist()
+        check_pairs(ids, None, limits)
         check_ids(ids, bits, limits)
         check_ratings(ids, None, 0, limits)
         return Latent(KIND_IDS, bits, hint_v, ids=ids)
+    if kind == KIND_PAIRED_IDS:
+        ids = np.frombuffer(body[:2 * n], dtype="<u2").astype(int).tolist()
+        pairs = _values_of(body[2 * n:], n, 1, "layout bits")
+        check_pairs(ids, pairs, limits)
+        check_ids(ids, bits, limits, n - sum(pairs))
+        check_ratings(ids, None, 0, limits)
+        return Latent(KIND_PAIRED_IDS, bits, hint_v, ids=ids, pairs=pairs)
     if kind == KIND_RATED_IDS:
         rb = body[0]
         ids = np.frombuffer(body[1:1 + 2 * n], dtype="<u2").astype(int).tolist()
         if not 1 <= rb <= 8:
             raise PayloadError(f"ratings: {rb} bits a rating, 1 to 8")
-        flat = np.unpackbits(np.frombuffer(body[1 + 2 * n:], dtype=np.uint8), bitorder="little")
-        if flat[n * rb:].any():
-            raise PayloadError("ratings: the padding bits after the last rating are not zero: garbled")
-        flat = flat[:n * rb]
-        ratings = (flat.reshape(n, rb).astype(int) << np.arange(rb)).sum(1).tolist()
+        ratings = _values_of(body[1 + 2 * n:], n, rb, "ratings")
+        check_pairs(ids, None, limits)
         check_ids(ids, bits, limits)
         check_ratings(ids, ratings, rb, limits)
         return Latent(KIND_RATED_IDS, bits, hint_v, ids=ids, ratings=ratings, rating_bits=rb)

@@ -5,7 +5,9 @@
 The sender reads question + context with nothing but its tokenizer (the codebook: the
 vocabulary of models.<ids.feature_model>), picks at most M context tokens (`pick.py`) and
 packs their ids, 16 bits each, into a payload (`payload.py`). The question is not in the
-payload: it travels beside it as text, in every variant alike.
+payload: it travels beside it as text, in every variant alike. With ids.keep (variable-rate
+slots, `Sender.slots`) it picks more tokens than M and lays them out in M receiver positions:
+the pick's `keep` best-rated tokens one a position, the rest in adjacent pairs (`pair_up`).
 
 The stage computes the pick's features once for the train-split pool (data/pick/features.
 safetensors, reused while the pool, tokenizer, pick.max_tokens and pick.py are unchanged), fits
@@ -41,12 +43,14 @@ from .llm import model_folder
 
 @dataclass
 class Picked:
-    """One sent context: the ids on the wire, the spans they came from, the read, and (the rating
-    channel on) each id's rating bucket (a separator's: 0)."""
+    """One sent context: the ids on the wire, the spans they came from, the read, (the rating
+    channel on) each id's rating bucket (a separator's: 0) and (ids.keep) each id's layout bit
+    (1: it shares a receiver position with the next id)."""
     ids: list[int]
     spans: list[tuple[int, int]]
     read: pick.Read
     ratings: list[int] | None = None
+    pairs: list[int] | None = None
 
     def texts(self, context: str) -> list[str]:
         return pick.span_texts(self.read, context, self.spans)
@@ -57,11 +61,12 @@ class Sender:
 
     def __init__(self, tokenizer, model: pick.Ensemble, M: int, span: int, max_tokens: int = 2048,
                  cover: int = 0, grow: float | None = None, whole_words: bool = False,
-                 rating_edges: list[float] = ()):
+                 rating_edges: list[float] = (), keep: int | None = None):
         self.tokenizer, self.model, self.M, self.span, self.max_tokens = tokenizer, model, M, span, max_tokens
         self.cover, self.grow = cover, grow
         self.whole_words = whole_words  # spans end between words (pick.spans_for); False: anywhere
         self.rating_edges = list(rating_edges)  # ids.rating_edges: [] sends ids alone (payload kind ids)
+        self.keep = keep  # ids.keep: None, one id a position; else variable-rate slots (`slots`)
         self.codebook = payload.fingerprint(tokenizer.get_vocab())
         sep = tokenizer(pick.SEPARATOR, add_special_tokens=False)["input_ids"]
         self.sep_id = sep[0]
@@ -86,13 +91,14 @@ class Sender:
         model.eval()
         return cls(load_tokenizer(params), model, M or params.stage3.M, meta["span"],
                    params.pick.max_tokens, meta["cover"], meta.get("grow"),  # no "grow": a pick of before it
-                   params.pick.whole_words, params.ids.rating_edges)
+                   params.pick.whole_words, params.ids.rating_edges, params.ids.keep)
 
     @property
     def rating_bits(self) -> int:
         return len(self.rating_edges).bit_length()
 
     def pick(self, question: str, context: str, M: int | None = None) -> Picked:
+        """The pick at M tokens (one a receiver position): the picked text of the baselines."""
         r = pick.read(self.tokenizer, question, context, self.max_tokens)
         logits = self.model.logits(r) if r.ids else torch.zeros(0, 2)
         picked = self.spend(r, (logits[:, 0] + self.model.support_weight * logits[:, 1]).tolist(), M or self.M)
@@ -101,9 +107,29 @@ class Sender:
             picked.ratings = pick.lay_out(buckets, picked.spans, 0)
         return picked
 
+    def slots(self, question: str, context: str, M: int | None = None) -> Picked:
+        """What the latent carries in M receiver positions: the pick at M, or with ids.keep the
+        variable-rate layout of the most picked tokens (at most 2M) that fits M positions, the
+        pick's `keep` best-rated of them one a position and the rest in pairs (`pair_up`)."""
+        M = M or self.M
+        if self.keep is None:
+            return self.pick(question, context, M)
+        r = pick.read(self.tokenizer, question, context, self.max_tokens)
+        scores = self.model.score(r)
+        for budget in range(min(2 * M, 255), M - 1, -1):  # at most 255 ids (the header's n); at budget M
+            # one id a position fits: the loop ends there
+            p = self.spend(r, scores, budget)
+            p.pairs = pair_up(p.spans, sure(p.spans, scores, self.keep))
+            if len(p.ids) - sum(p.pairs) <= M:
+                return p
+        raise AssertionError("unreachable: the pick at M fits M positions")
+
     def latent(self, p: Picked) -> payload.Latent:
         """What the payload carries for a pick: the ids (kind ids) and, the rating channel on,
-        each one's rating bucket (kind rated ids)."""
+        each one's rating bucket (kind rated ids), or with ids.keep each one's layout bit (kind
+        paired ids)."""
+        if p.pairs is not None:
+            return payload.Latent(payload.KIND_PAIRED_IDS, 16, None, ids=p.ids, pairs=p.pairs)
         if not self.rating_edges:
             return payload.Latent(payload.KIND_IDS, 16, None, ids=p.ids)
         return payload.Latent(payload.KIND_RATED_IDS, 16, None, ids=p.ids, ratings=p.ratings,
@@ -118,7 +144,7 @@ class Sender:
     def send(self, question: str, context: str) -> bytes:
         if not context.strip():
             raise ValueError("send: the context is empty")
-        return payload.pack(self.latent(self.pick(question, context)), self.codebook, self.limits())
+        return payload.pack(self.latent(self.slots(question, context)), self.codebook, self.limits())
 
     def decode(self, ids: list[int]) -> str:
         """The picked tokens as plain text (the selected_text baselines)."""
@@ -142,11 +168,36 @@ class Sender:
         return tok.decode(tok(text, add_special_tokens=False)["input_ids"][:budget])
 
     def limits(self, M: int | None = None) -> payload.Limits:
-        """What a receiver of this codebook accepts (payload.unpack): at most M ids, each a token
-        of the tokenizer and none of its special or control tokens, rated as this sender rates."""
+        """What a receiver of this codebook accepts (payload.unpack): ids in at most M positions,
+        each a token of the tokenizer and none of its special or control tokens, rated and laid
+        out as this sender rates and lays them out."""
         t = self.tokenizer
         special = set(t.all_special_ids) | {i for i, a in t.added_tokens_decoder.items() if a.special}
-        return payload.Limits(len(t), M or self.M, frozenset(special), self.rating_bits)
+        return payload.Limits(len(t), M or self.M, frozenset(special), self.rating_bits, self.keep is not None)
+
+
+def sure(spans: list[tuple[int, int]], scores: list[float], keep: int) -> frozenset[int]:
+    """The `keep` picked tokens (indices into the read) the pick rates highest: the ones it is
+    surest hold the answer."""
+    idx = [t for a, b in spans for t in range(a, b)]
+    return frozenset(sorted(idx, key=lambda t: -scores[t])[:keep])
+
+
+def pair_up(spans: list[tuple[int, int]], single: frozenset[int] = frozenset()) -> list[int]:
+    """The layout bits of the picked ids (`pick.picked_ids`: span after span, a separator between
+    two that do not touch): adjacent tokens of one span go in pairs (1 on the first of a pair, 0
+    on the second), except a token in `single` (indices into the read), the odd token at a span's
+    end and the separator, which take a position alone (0)."""
+    out: list[int] = []
+    for j, (a, b) in enumerate(spans):
+        if j and spans[j - 1][1] < a:
+            out.append(0)
+        t = a
+        while t < b:
+            two = t + 1 < b and t not in single and t + 1 not in single
+            out += [1, 0] if two else [0]
+            t += 2 if two else 1
+    return out
 
 
 def load_tokenizer(params: Params):

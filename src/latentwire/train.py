@@ -9,7 +9,8 @@ stage's adapter and costs no forward pass (nor a KD cache: teacher-kd-cache buil
 slot some stage trains). One AdamW trains them all at train.lr, or, with train.receiver_lr
 embedding, each receiver's adapter at its own (`receiver_lrs`). The rows are the train mix
 (KD + CE) plus <stage>.pool_rows rows of the pick's train-split pool, which have no KD target
-(CE only). The stage writes
+(CE only). With variable-rate slots (ids.keep) stage1 first fits every receiver's pooler to
+the receiver's own middle-layer states (pooler.py, `fit_poolers`). The stage writes
 models/<stage>/{best,last}/ (safetensors + meta.json) and metrics/train/<stage>.json + a
 per-step curve CSV for `dvc plots`; the same steps go to dvclive/<stage>/ (dvclive; it never
 writes a dvc.yaml or saves an experiment).
@@ -42,7 +43,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from . import launch, placement
+from . import launch, placement, pooler
 from .config import Params, load_params, sender_params
 from .data import split_dev
 from .io import (atomic_dir, atomic_path, package_sha256, peak_rss_mb, read_jsonl, restore_dir, sha256_of,
@@ -75,7 +76,7 @@ def balanced_batches(rows: list[dict], batch_size: int, seed: int) -> list[list[
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def pool_sample(path: Path, n: int, seed: int, exclude: set[str]) -> list[dict]:
+def pool_sample(path: Path, n: int, seed: int, exclude: set[str], key: str = "pool_rows") -> list[dict]:
     """n rows of the pick's train-split pool in a seeded shuffle: never its held-out tenth (the
     pool benches test there), never a train-mix row, never an eval title (the pool has none)."""
     if n == 0:
@@ -83,7 +84,7 @@ def pool_sample(path: Path, n: int, seed: int, exclude: set[str]) -> list[dict]:
     rows = sorted((r for r in read_jsonl(path) if not is_pick_dev(r) and r["id"] not in exclude),
                   key=lambda r: r["id"])
     if len(rows) < n:
-        raise ValueError(f"{path}: pool_rows = {n}, but only {len(rows)} rows of its train part can be used")
+        raise ValueError(f"{path}: {key} = {n}, but only {len(rows)} rows of its train part can be used")
     random.Random(seed).shuffle(rows)
     return rows[:n]
 
@@ -209,6 +210,7 @@ class Stage:
         # self.net: the model as trained (DistributedDataParallel across ranks, else self.model)
         self.net, self.opt, self.sched = self.acc.prepare(self.model, opt, sched)
         self.step, self.K, self.best, self.curve, self.events = 0, self.sc.K, None, [], []
+        self.poolers: dict = {}  # fit_poolers' report (stage1 with ids.keep)
         self.resumed_from = self.try_resume()
 
     # ------------------------------------------------------------ data -> tensors
@@ -311,6 +313,9 @@ class Stage:
         live = self.start_live(Live) if self.acc.is_main_process else None  # rank 0 logs
         for row in self.curve:  # a resumed stage replays its saved steps: the log stays whole
             log_live(live, row)
+        if self.needs_poolers():
+            self.fit_poolers()
+            self.save_last()  # a kill after this resumes with the fitted poolers
         if self.step == 0 and self.best is None:  # the starting point competes for best too
             self.keep_if_best(self.validate(), 0)
         while self.step < self.total_steps:
@@ -346,6 +351,32 @@ class Stage:
         bar.close()
         if live is not None:
             live.end()
+
+    def needs_poolers(self) -> bool:
+        """stage1 (the one that starts from scratch) with variable-rate slots, not fitted yet."""
+        p = self.params
+        return (PREVIOUS[self.stage] is None and p.encoder.kind == "ids" and p.ids.keep is not None
+                and p.ids.pooler_steps > 0 and not self.poolers and self.step == 0)
+
+    def fit_poolers(self) -> None:
+        """ids.keep: fit every receiver's pooler (each model slot, trained by a stage or not) on
+        ids.pooler_rows rows of the pick's train-split pool, laid out at their dataset's
+        positions (stage3.M), to the receiver's own states at layer ids.pooler_layers (pooler.py)."""
+        p, codec = self.params, self.model.codec
+        rows = pool_sample(self.root / "data/mix/pool.jsonl", p.ids.pooler_rows, p.seed + 1,
+                           {r["id"] for r in self.train_rows + self.dev_rows}, "ids.pooler_rows")
+        laid = [codec.sender.slots(r["question"], r["context"], p.positions(r["dataset"]))
+                for r in tqdm(rows, desc="pooler rows", leave=False, disable=None)]
+        data = [(q.ids, q.pairs, r["question"]) for q, r in zip(laid, rows)]
+        for slot, llm in self.llms.items():
+            t0 = time.time()
+            self.poolers[slot] = {**pooler.fit(llm, codec.adapters[slot], data, p.ids.pooler_steps,
+                                               p.train.batch_size, p.train.lr, p.ids.pooler_layers, p.seed,
+                                               desc=f"{self.stage}: {slot} pooler"),
+                                  "wall_s": round(time.time() - t0, 1)}
+            print(f"{self.stage}: {slot} pooler: state loss on the first batch "
+                  f"{self.poolers[slot]['loss_first_batch'][0]:.4f} -> {self.poolers[slot]['loss_first_batch'][1]:.4f}, "
+                  f"{self.poolers[slot]['wall_s']:.0f}s")
 
     def stop_requested(self, stop: StopRequest | None) -> bool:
         """A signal on any rank stops every rank after the same step (one tiny all-reduce)."""
@@ -407,7 +438,7 @@ class Stage:
             with atomic_path(last / "optimizer.safetensors") as tmp:
                 save_file({k: v.contiguous() for k, v in opt.items()}, str(tmp))
             write_json(last / "state.json", {"run_key": self.key, "step": self.step, "K": self.K,
-                                             "best": self.best, "curve": self.curve,
+                                             "best": self.best, "curve": self.curve, "poolers": self.poolers,
                                              "sched": self.sched.state_dict(), "events": self.events})
 
     def saved_state(self) -> dict | None:
@@ -435,6 +466,7 @@ class Stage:
         for group, lr in zip(self.opt.param_groups, self.sched.get_last_lr()):
             group["lr"] = lr  # the optimiser's own lr is not in the scheduler's state
         self.step, self.K, self.best, self.curve = state["step"], state["K"], state["best"], state["curve"]
+        self.poolers = state.get("poolers", {})
         self.events = state.get("events", []) + [{"resumed_at_step": self.step}]
         print(f"{self.stage}: resumed from {last} at step {self.step}")
         return self.step
@@ -460,6 +492,7 @@ def main(stage: str, params_path: str = "params.yaml", root: str = ".") -> dict:
                "train_examples": len(st.train_rows), "pool_rows": len(st.pool_rows), "slots": st.slots,
                "dev_examples": len(st.dev_rows),
                **({"receiver_lrs": st.receiver_lrs} if st.receiver_lrs else {}),
+               **({"poolers": st.poolers} if st.poolers else {}),
                "events": st.events, "wall_s": round(time.time() - t0, 1), "peak_rss_mb": peak_rss_mb(),
                "run": run_info(st, root)}
     cols = sorted({k for r in st.curve for k in r}, key=lambda k: (k != "step", k))
