@@ -81,7 +81,8 @@ class TokenAdapter(nn.Module):
         self.to_tokens = None               # set_table(): codebook ids -> the model's own tokens
         self.to_ratings = None              # set_table(): (ids, ratings) -> a rating per own token
         self.to_strings = None              # set_table(): codebook ids -> each one's string's own tokens
-        self._strings: dict[int, torch.Tensor] = {}  # codebook id -> its string's mean embedding
+        self._pieces: dict[int, list[int]] = {}  # codebook id -> its string's own tokens (as first seen)
+        self._strings: dict[int, torch.Tensor] = {}  # codebook id -> their mean embedding
         self.pooler = PairPooler(hidden, rank) if paired else None
         self.delta = nn.Sequential(nn.Linear(hidden, rank), nn.GELU(), nn.Linear(rank, hidden))
         nn.init.zeros_(self.delta[2].weight)
@@ -93,18 +94,24 @@ class TokenAdapter(nn.Module):
 
     def set_table(self, embeddings: torch.Tensor, to_tokens, to_ratings=None, to_strings=None) -> None:
         self.E, self.to_tokens, self.to_ratings, self.to_strings = embeddings, to_tokens, to_ratings, to_strings
-        self._strings = {}
+        self._pieces, self._strings = {}, {}
+
+    def pieces(self, ids: list[int]) -> list[list[int]]:
+        """Each codebook id's string alone in the model's own tokens (kept per id as first seen)."""
+        new = sorted({i for i in ids if i not in self._pieces})
+        if new:
+            if self.to_strings is None:
+                raise RuntimeError("TokenAdapter: call set_table(..., to_strings=string_reader(...)) first")
+            self._pieces.update(zip(new, self.to_strings(new)))
+        return [self._pieces[i] for i in ids]
 
     def strings(self, ids: list[int]) -> torch.Tensor:
         """[n, hidden]: each codebook id's string read alone, the mean of the model's embeddings of
         its tokens (kept per id as ids are first seen; frozen)."""
         new = sorted({i for i in ids if i not in self._strings})
-        if new:
-            if self.to_strings is None:
-                raise RuntimeError("TokenAdapter: call set_table(..., to_strings=string_reader(...)) first")
-            for i, toks in zip(new, self.to_strings(new)):
-                self._strings[i] = (self.E[torch.tensor(toks, dtype=torch.long, device=self.E.device)].float().mean(0)
-                                    if toks else self.E.new_zeros(self.E.shape[1], dtype=torch.float))
+        for i, toks in zip(new, self.pieces(new)):
+            self._strings[i] = (self.E[torch.tensor(toks, dtype=torch.long, device=self.E.device)].float().mean(0)
+                                if toks else self.E.new_zeros(self.E.shape[1], dtype=torch.float))
         return torch.stack([self._strings[i] for i in ids]).to(self.pos.device, self.pos.dtype)
 
     def tokens(self, ids: list[int]) -> list[int]:
@@ -118,10 +125,9 @@ class TokenAdapter(nn.Module):
         takes several of the model's tokens): what the `readable` diagnostic compares with."""
         if self.pooler is None:
             return self.tokens(ids)
-        out, k = [], 0
+        out, k, pieces = [], 0, self.pieces(ids)
         while k < len(ids):
-            toks = self.to_strings([ids[k]])[0]
-            out.append(toks[0] if not pairs[k] and len(toks) == 1 else -1)
+            out.append(pieces[k][0] if not pairs[k] and len(pieces[k]) == 1 else -1)
             k += 2 if pairs[k] else 1
         return out
 
@@ -187,7 +193,10 @@ def receiver_ratings(codebook_tokenizer, receiver):
 
 
 def string_reader(codebook_tokenizer, receiver):
-    """codebook ids -> each one's string alone in the receiver's own tokens (`string_tokens`)."""
+    """codebook ids -> each one's string alone in the receiver's own tokens (`string_tokens`; the
+    two vocabularies compared once, here)."""
+    if codebook_tokenizer.get_vocab() == receiver.tokenizer.get_vocab():
+        return lambda ids: [[i] for i in ids]
     return lambda ids: string_tokens(codebook_tokenizer, receiver, ids)
 
 
