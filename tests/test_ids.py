@@ -458,6 +458,10 @@ def test_variable_rate_pipeline_reads_more_tokens_than_positions(tiny_models, tm
     for slot in ("llama", "qwen"):
         start, end = s1["poolers"][slot]["loss_first_batch"]
         assert end < start and s1["poolers"][slot]["rows"] == 16
+    # stage1 rerun with the same params resumes from its last/ (saved after the fit too): no second fit
+    from latentwire import train
+    again = train.Stage(load_params(root / "params.yaml"), "stage1", root)
+    assert again.resumed_from is not None and set(again.poolers) == {"llama", "qwen"} and not again.needs_poolers()
     s = sender.Sender.load(load_params(root / "params.yaml"), root / "models/pick", 8)
     eval_rows = [json.loads(x) for x in (root / "data/mix/eval.jsonl").read_text().splitlines()]
     for ds in ("squad", "nq"):
