@@ -11,10 +11,9 @@ This trains the pooler in between and reads the same held-out questions.
 The pooler (`latentwire.pooler.PairPooler`, the pipeline's own since ids.keep) maps a pair of
 adjacent picked tokens (e_a, e_b: the receiver's own embeddings of their strings,
 `adapter.string_table`) to one input vector, starting as their plain mean; a position holding
-one token (a separator, or the odd token at a span's end) passes through unchanged. Each position's ids are
-on the wire as they are (16 bits each, 2 B a token, about 3.6 B a position); the receiver finds
-the pairs again from the ids alone (spans are cut at the separator id, then paired in order;
-a span that holds the separator's id itself would need one more bit of layout).
+one token (a separator, or the odd token at a span's end) passes through unchanged. The bench packs no
+payload; the pipeline's option (ids.keep) sends each id (2 B) and one layout bit an id (payload
+kind paired ids), 3.7-3.9 B a position on the eval mix at --keep 8.
 
 The target (as `latentwire.pooler.fit`'s, over the whole string table here) needs no backward pass through the whole receiver (issue 22's "cheap targets"): the
 receiver, frozen and cut to its first --layers layers, reads the picked tokens one a position
@@ -32,8 +31,7 @@ them, answered greedily by the whole receiver:
 --layout vrate is issue 22's variable rate: the pick's --keep best-rated picked tokens (those it
 is surest hold the answer) keep a position each, exact, and the rest are pooled in pairs, the
 most picked tokens that fit in M positions (pool_probe.positions). Its variants are vrate_mean and
-vrate_learned, the pooler trained on that layout. On the wire the receiver needs one more bit a
-position (single or pair), since a single may now sit inside a span.
+vrate_learned, the pooler trained on that layout.
 """
 from __future__ import annotations
 
